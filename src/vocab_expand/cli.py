@@ -1,0 +1,189 @@
+"""The `vocab-expand` command line. Each subcommand is a parser builder plus a runner; defaults come from
+ExpandConfig and strategy choices from the registry, so neither is defined twice.
+
+Errors that are the user's to fix (bad input, missing packages, existing outputs) print one clear line
+and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .config import DEFAULTS, ExpandConfig
+from .strategies import STRATEGIES
+
+Runner = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Runner]]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    """Register a subcommand: the decorated function builds its parser; it returns the runner."""
+
+    def decorate(build: Callable[[argparse.ArgumentParser], Runner]) -> Callable[[argparse.ArgumentParser], Runner]:
+        if name in COMMANDS:
+            raise ValueError(f"duplicate command {name!r}")
+        COMMANDS[name] = (help_text, build)
+        return build
+
+    return decorate
+
+
+def read_words(args: argparse.Namespace) -> list[str]:
+    """Words from --words FILE (one a line, '#' comments) and repeated --word."""
+    words: list[str] = []
+    if getattr(args, "words", None):
+        path = Path(args.words)
+        if not path.is_file():
+            raise FileNotFoundError(f"no words file at {path}")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                words.append(line.split("\t")[0].strip())
+    words.extend(getattr(args, "word", None) or [])
+    if not words:
+        raise ValueError("no words given: pass --words FILE (one word a line) or --word WORD (repeatable)")
+    return words
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    from .loading import BUNDLED, DEFAULT_MODEL
+
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help=f"bundled alias ({', '.join(BUNDLED)}), model folder, .gguf file or hub id (default: %(default)s)",
+    )
+
+
+def add_expand_args(parser: argparse.ArgumentParser) -> None:
+    """Expansion options, each default read from ExpandConfig."""
+    choices = sorted(STRATEGIES)
+    parser.add_argument("--input-init", choices=choices, default=DEFAULTS.input_init, help="input rows (default: %(default)s)")
+    parser.add_argument("--output-init", choices=choices, default=DEFAULTS.output_init, help="output rows (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="(default: %(default)s)")
+    parser.add_argument("--pad-to-multiple-of", type=int, default=DEFAULTS.pad_to_multiple_of)
+    parser.add_argument("--forms", choices=["mid", "initial", "both"], default=DEFAULTS.forms,
+                        help="word forms to add: ' word' (mid), 'word' (initial) or both (default: %(default)s)")
+    parser.add_argument("--tie-policy", choices=["output", "input", "untie"], default=DEFAULTS.tie_policy,
+                        help="tied models: which strategy sets the shared row, or untie (default: %(default)s)")
+    parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
+
+
+def expand_config(args: argparse.Namespace) -> ExpandConfig:
+    names = {f.name for f in dataclasses.fields(ExpandConfig)}
+    return ExpandConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+@command("expand", "add words to a model and save the result")
+def build_expand(parser: argparse.ArgumentParser):
+    add_model_args(parser)
+    parser.add_argument("--words", help="file with one word a line")
+    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
+    add_expand_args(parser)
+    parser.add_argument("-o", "--output", required=True, help="output folder (a loadable transformers model)")
+    parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+
+    def run(args: argparse.Namespace) -> int:
+        from .expansion import expand
+        from .io import check_output_dir
+        from .loading import load_model
+
+        check_output_dir(args.output, args.force)
+        words = read_words(args)
+        config = expand_config(args)
+        model, tokenizer = load_model(args.model)
+        result = expand(model, tokenizer, words, **dataclasses.asdict(config) | {"inplace": True})
+        result.report["model"] = args.model
+        result.save(args.output, force=args.force)
+        print(f"added {len(result.new_tokens)} tokens ({result.report['input_strategy']} input rows, "
+              f"{result.report['output_strategy']} output rows); skipped {len(result.skipped)}")
+        for skip in result.skipped:
+            print(f"  skipped {skip.word!r}: {skip.reason}")
+        print(f"saved to {args.output}")
+        return 0
+
+    return run
+
+
+@command("mine", "find the words worth adding to a model's tokenizer")
+def build_mine(parser: argparse.ArgumentParser):
+    add_model_args(parser)
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=100, help="how many words (default: %(default)s)")
+    parser.add_argument("--min-count", type=int, default=5)
+    parser.add_argument("--min-length", type=int, default=3)
+    parser.add_argument("--pattern", help="keep only words matching this regex")
+    parser.add_argument("--keep-numbers", action="store_true", help="allow words with digits")
+    parser.add_argument("--forms", choices=["mid", "initial", "both"], default=DEFAULTS.forms)
+    parser.add_argument("-o", "--output", help="words file to write (one word a line)")
+    parser.add_argument("--force", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        from .corpus import load_corpus
+        from .io import check_output_file
+        from .loading import tokenizer_only
+        from .mining import heldout_saving, mine
+
+        if args.output:
+            check_output_file(args.output, args.force)
+        tokenizer = tokenizer_only(args.model)
+        corpus = load_corpus(args.corpus)
+        found = mine(tokenizer, corpus, args.top, min_count=args.min_count, min_length=args.min_length,
+                     pattern=args.pattern, exclude_numbers=not args.keep_numbers, forms=args.forms)
+        print(f"{'word':<20} {'form':<8} {'count':>7} {'pieces':>6} {'saved':>7}")
+        for c in found:
+            print(f"{c.word:<20} {c.form:<8} {c.count:>7} {c.pieces:>6} {c.tokens_saved:>7}")
+        saving = heldout_saving(tokenizer, corpus, found)
+        print(f"held-out split: {saving['tokens_saved']} of {saving['heldout_tokens']} tokens saved "
+              f"({saving['percent_saved']:.2f}%)")
+        if args.output:
+            from .io import write_text_atomic
+
+            write_text_atomic(args.output, "".join(f"{c.word}\t{c.form}\t{c.count}\n" for c in found))
+            print(f"wrote {len(found)} words to {args.output}")
+        return 0
+
+    return run
+
+
+@command("demo", "the main job: mine words from a corpus, expand the model, show generations before and after")
+def build_demo(parser: argparse.ArgumentParser):
+    add_model_args(parser)
+    parser.add_argument("--corpus", default="kjv")
+    parser.add_argument("--top", type=int, default=20, help="words to mine and add (default: %(default)s)")
+    parser.add_argument("-o", "--output", default="runs/demo", help="output folder (default: %(default)s)")
+    parser.add_argument("--force", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        from .demo import run_demo
+
+        return run_demo(args.model, args.corpus, args.top, args.output, args.force)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vocab-expand", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, build) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(run=build(sub_parser))
+    return parser
+
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ModuleNotFoundError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except USER_ERRORS as err:
+        print(f"vocab-expand {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""`expand`: add words to a model and its tokenizer in one call, and report what was done.
+
+Pipeline: check the words, plan the vocabulary entries through the tokenizer's family, extend the
+tokenizer, grow the embedding matrices with the chosen strategies, update the config. The caller's
+objects are untouched unless inplace=True.
+
+Left out: loading and saving (loading.py, io.py), measuring the result (diagnostics).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from . import resize
+from .config import ExpandConfig
+from .io import atomic_directory, write_json
+from .strategies import RowRequest, get_strategy
+from .tokenization import (
+    Skipped,
+    check_words,
+    next_free_id,
+    plan_words,
+    tokenizer_from_spec,
+    tokenizer_spec,
+)
+from .families import detect_family
+
+
+@dataclass
+class Expansion:
+    """The result of :func:`expand`.
+
+    new_tokens: the vocabulary strings added ("ĠJehoshaphat"), in id order; new_token_ids: their ids;
+    words: the word each new token stands for; pieces: the old ids each new token replaces;
+    skipped: (word, reason) for every word not added; report: counts, strategies, timings, config.
+    """
+
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    new_tokens: list[str]
+    new_token_ids: list[int]
+    words: list[str]
+    pieces: list[list[int]]
+    skipped: list[Skipped]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, *, force: bool = False) -> None:
+        """Write model, tokenizer and expansion.json to ``path`` atomically (a temporary folder, then rename).
+
+        The folder loads with plain AutoModelForCausalLM/AutoTokenizer.from_pretrained, no custom code.
+        An existing folder is only replaced with force=True.
+        """
+        with atomic_directory(path, force=force) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            write_json(tmp / "expansion.json", self.report)
+
+
+def expand(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    words: Iterable[str],
+    input_init: str | None = None,
+    output_init: str | None = None,
+    seed: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    **options: Any,
+) -> Expansion:
+    """Add ``words`` to ``model`` and ``tokenizer`` as single tokens.
+
+    Input rows come from ``input_init`` and output rows from ``output_init`` (names in STRATEGIES; defaults
+    in ExpandConfig: subword and mean). Other ExpandConfig fields (forms, tie_policy, cov_scale, inplace,
+    ...) are accepted as keyword options. Returns an :class:`Expansion`; words that cannot be added are
+    reported in ``skipped``, never silently dropped.
+    """
+    given = dict(input_init=input_init, output_init=output_init, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
+    config = ExpandConfig(**{k: v for k, v in given.items() if v is not None}, **options)
+    strategies = get_strategy(config.input_init), get_strategy(config.output_init)
+    word_list = check_words(words)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    spec = tokenizer_spec(tokenizer)
+    family = detect_family(spec)
+    plan = plan_words(family, word_list, config.forms)
+    first_id = next_free_id(spec)
+    if first_id != len(tokenizer):
+        raise ValueError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
+    new_ids = list(range(first_id, first_id + len(plan.entries)))
+    if plan.entries:
+        new_tokenizer = tokenizer_from_spec(tokenizer, family.extend(list(zip(plan.entries, new_ids))))
+    else:
+        new_tokenizer = tokenizer if config.inplace else copy.deepcopy(tokenizer)
+    timings["tokenizer_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    new_model = model if config.inplace else copy.deepcopy(model)
+    pieces = [list(e.pieces) for e in plan.entries]
+    rows = grow_embeddings(new_model, len(tokenizer), pieces, strategies, config)
+    timings["embeddings_s"] = time.perf_counter() - start
+
+    report = {
+        "family": family.name,
+        "words_given": len(word_list),
+        "tokens_added": len(plan.entries),
+        "words_skipped": len(plan.skipped),
+        "skipped": [s._asdict() for s in plan.skipped],
+        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
+                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, new_ids)],
+        **rows,
+        "timings": timings,
+        "config": config.to_dict(),
+    }
+    return Expansion(
+        model=new_model,
+        tokenizer=new_tokenizer,
+        new_tokens=[e.token for e in plan.entries],
+        new_token_ids=new_ids,
+        words=[e.word for e in plan.entries],
+        pieces=pieces,
+        skipped=plan.skipped,
+        report=report,
+    )
+
+
+@torch.no_grad()
+def grow_embeddings(
+    model: nn.Module, tokens_before: int, pieces: list[list[int]], strategies: tuple, config: ExpandConfig
+) -> dict[str, Any]:
+    """Grow the model's matrices in place for len(pieces) new tokens; returns the row facts for the report."""
+    layout = resize.embedding_layout(model)
+    input_strategy, output_strategy = strategies
+    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, len(pieces), config.pad_to_multiple_of)
+    if layout.tied and input_strategy.name != output_strategy.name and config.tie_policy == "untie":
+        resize.untie(model, layout)
+    tied = layout.tied
+    shared = {"input": input_strategy, "output": output_strategy}[config.tie_policy if tied else "input"]
+    generator = torch.Generator().manual_seed(config.seed)
+    request = RowRequest(
+        pieces=pieces,
+        reference_rows=tokens_before,
+        generator=generator,
+        initializer_range=float(getattr(model.config.get_text_config(), "initializer_range", 0.02)),
+        options={"cov_scale": config.cov_scale},
+    )
+    old_input = layout.input.weight
+    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, shared, request), old_input)
+    if tied:
+        layout.output.weight = layout.input.weight
+        layout.output.out_features = plan.new_rows
+    elif layout.output is not None:
+        old_output = layout.output.weight
+        resize.set_weight(layout.output, resize.fill_new_rows(old_output.data, plan, output_strategy, request), old_output)
+        if layout.has_bias:
+            new_bias = resize.fill_new_rows(layout.output.bias.data, plan, output_strategy, request, is_bias=True)
+            layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
+    resize.set_vocab_size(model, plan.new_rows)
+    return {
+        "rows_before": plan.old_rows,
+        "rows_after": plan.new_rows,
+        "reused_spare_rows": plan.reused_spare_rows,
+        "padding_rows": len(plan.padding_ids),
+        "tied": tied,
+        "input_strategy": shared.name if tied else input_strategy.name,
+        "output_strategy": shared.name if tied else output_strategy.name,
+        "hewitt_bound_nats": hewitt_bound(len(pieces) + len(plan.padding_ids), tokens_before),
+    }
+
+
+def hewitt_bound(k: int, n: int) -> float:
+    """log(1 + k/n): the most KL(old || new) that k mean-initialized output rows can cost, over n tokens."""
+    return math.log1p(k / n) if n else float("inf")
