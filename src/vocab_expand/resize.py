@@ -108,10 +108,10 @@ def fill_new_rows(
 ) -> Tensor:
     """``old`` [old_rows(, d)] grown to plan.new_rows, with new-token rows from ``strategy`` and padding rows
     from the reference mean. Old rows are untouched; spare rows past the new ones keep their values."""
-    rows = strategy.bias(old, request) if is_bias else strategy.rows(old, request)
     # Without growth the spare rows are reused in place (expand() already works on its own copy).
     out = grown(old, plan.new_rows) if plan.new_rows > plan.old_rows else old
     if plan.k:
+        rows = strategy.bias(old, request) if is_bias else strategy.rows(old, request)
         out[plan.new_ids.start : plan.new_ids.stop] = rows.to(out.dtype)
     pad = plan.padding_ids
     if len(pad):

@@ -17,7 +17,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tokenizers import decoders
+
 from .base import NewEntry, TokenizerFamily, UnsupportedTokenizerError, register_family, walk
+
+
+BYTES_TO_TEXT = decoders.ByteLevel()
 
 
 @register_family
@@ -69,7 +74,7 @@ class ByteLevelBPE(TokenizerFamily):
         for token in self.vocab:
             if [t.value for t in self.backend.model.tokenize(token)] == [token]:
                 continue
-            text = self.backend.decoder.decode([token]) if self.backend.decoder else token
+            text = BYTES_TO_TEXT.decode([token])
             pre = self.backend.pre_tokenizer.pre_tokenize_str(text)
             if [p for p, _ in pre] == [token]:
                 conflicts.append(token)

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny tokenizers and models built locally (no network), and the bundled real model.
+
+Tiny models come in the layouts that matter for resizing: tied (Llama), untied (Llama), untied with a head
+bias (Phi), and padded beyond the tokenizer (Llama with spare rows, as Qwen ships).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
+
+TINY_TEXT = [
+    "And Jehoshaphat said unto the king of Israel, Inquire, I pray thee, at the word of the LORD to day.",
+    "Then the king of Israel gathered the prophets together, about four hundred men, and said unto them.",
+    "In the beginning God created the heaven and the earth. And the earth was without form, and void.",
+    "def main(x):\n    return x + 1\n\nclass Foo:\n    pass\n",
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs!",
+    "Émile a mangé des crêpes à Noël; 東京 is Tokyo; emoji 🎉🙂 and tabs\tand   spaces.",
+]
+SPARE_ROWS = 8
+
+
+def train_byte_level_bpe(vocab_size: int = 400) -> Tokenizer:
+    """A byte-level BPE trained on TINY_TEXT: same pipeline as GPT-2/SmolLM2, a few hundred tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(TINY_TEXT * 5, trainer=trainer)
+    return tok
+
+
+def wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return wrap(train_byte_level_bpe())
+
+
+def make_model(layout: str, vocab_rows: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A tiny causal LM of the given layout with ``vocab_rows`` embedding rows, random weights (seeded)."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab_rows, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                  eos_token_id=0, pad_token_id=1, bos_token_id=0)
+    if layout == "bias":
+        model = PhiForCausalLM(PhiConfig(**common, tie_word_embeddings=False))
+        with torch.no_grad():
+            model.lm_head.bias.normal_(0, 0.5)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=(layout == "tied")))
+    model.eval()
+    return model.to(dtype)
+
+
+LAYOUTS = ["tied", "untied", "bias", "padded"]
+
+
+@pytest.fixture(params=LAYOUTS)
+def tiny(request, tiny_tokenizer):
+    """(layout, model, tokenizer) for every layout; 'padded' has SPARE_ROWS rows beyond the tokenizer."""
+    layout = request.param
+    rows = len(tiny_tokenizer) + (SPARE_ROWS if layout == "padded" else 0)
+    model = make_model("tied" if layout == "padded" else layout, rows)
+    return layout, model, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    """Converted bundled models: $VOCAB_EXPAND_CACHE when set (reused across runs), else a session folder."""
+    existing = os.environ.get("VOCAB_EXPAND_CACHE")
+    path = Path(existing) if existing else tmp_path_factory.mktemp("vocab-expand-cache")
+    os.environ["VOCAB_EXPAND_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache):
+    """The bundled SmolLM2-135M (model, tokenizer), loaded once per session. Tests must not modify it."""
+    from vocab_expand import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def kjv():
+    from vocab_expand import load_corpus
+
+    return load_corpus("kjv")

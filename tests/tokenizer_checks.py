@@ -1,0 +1,23 @@
+"""Checks shared by the tokenizer tests: round trip, coarsening, unchanged text without new words."""
+
+from __future__ import annotations
+
+
+def assert_coarsening(old_tok, new_tok, text: str, new_ids: set[int]) -> None:
+    """Every new id stands for exactly a run of old ids that decodes to the same string; the rest is equal."""
+    old_ids = old_tok(text, add_special_tokens=False)["input_ids"]
+    ids = new_tok(text, add_special_tokens=False)["input_ids"]
+    assert new_tok.decode(ids) == text
+    i = 0
+    for token in ids:
+        if token in new_ids:
+            piece = new_tok.decode([token])
+            j = i
+            while j < len(old_ids) and old_tok.decode(old_ids[i : j + 1]) != piece:
+                j += 1
+            assert j < len(old_ids), f"new token {piece!r} is not a run of old tokens in {text!r}"
+            i = j + 1
+        else:
+            assert i < len(old_ids) and old_ids[i] == token, f"{text!r}: {ids} vs {old_ids}"
+            i += 1
+    assert i == len(old_ids)
