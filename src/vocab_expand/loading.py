@@ -42,13 +42,11 @@ def _smollm2_file(package_dir: Path) -> Path:
 
 
 def _gemma3_file(package_dir: Path) -> Path:
-    found = sorted(package_dir.glob("*.gguf"))
-    if found:
-        return found[0]
+    """The package ships the file in chunks; assemble() joins them (checking the sha256) into our cache."""
     import importlib
 
     module = importlib.import_module(package_dir.name)
-    return Path(module.assemble())
+    return Path(module.assemble(cache_dir() / "gguf" / module.MODEL_NAME))
 
 
 BUNDLED = {

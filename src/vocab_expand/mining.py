@@ -104,5 +104,6 @@ def heldout_saving(tokenizer: PreTrainedTokenizerBase, corpus: Corpus, candidate
     """Expected saving on the held-out split: tokens saved by the candidates / tokens of the split now."""
     counts = count_words(corpus.heldout, allow_digits=True)
     saved = sum(counts[(c.word, c.form)] * (c.pieces - 1) for c in candidates)
-    total = sum(len(ids) for ids in tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"])
+    encoded = tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"] if corpus.heldout else []
+    total = sum(len(ids) for ids in encoded)
     return {"heldout_tokens": total, "tokens_saved": saved, "percent_saved": 100.0 * saved / total if total else 0.0}

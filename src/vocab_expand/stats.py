@@ -14,8 +14,9 @@ import math
 import torch
 from torch import Tensor
 
-# Rows converted to float32 at a time: 16k rows of d=4096 is 256 MiB, small next to any model.
-CHUNK_ROWS = 16384
+# Rows converted to float32 at a time: 2,048 rows keeps the working set at a few d x d blocks
+# (O(d^2) extra memory) while each matrix product is still large enough to run at full speed.
+CHUNK_ROWS = 2048
 
 
 def _chunks(matrix: Tensor, chunk_rows: int = CHUNK_ROWS):
@@ -29,7 +30,7 @@ def row_mean(matrix: Tensor) -> Tensor:
         raise ValueError("cannot take the mean of a matrix with no rows")
     total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
     for chunk in _chunks(matrix):
-        total += chunk.sum(dim=0, dtype=torch.float64)
+        total += chunk.sum(dim=0).to(torch.float64)  # float32 within a chunk, float64 across chunks
     return (total / matrix.shape[0]).to(torch.float32)
 
 
@@ -78,7 +79,9 @@ def sample_gaussian_rows_cov(
     eigvals, eigvecs = torch.linalg.eigh(cov.double())
     factor = (eigvecs * eigvals.clamp_min(0).sqrt()).to(torch.float32)  # factor @ factor.T == cov
     z = torch.randn(k, matrix.shape[1], generator=generator, dtype=torch.float32).to(matrix.device)
-    return mean + math.sqrt(scale) * (z @ factor.T)
+    rows = z @ factor.T
+    del z
+    return rows.mul_(math.sqrt(scale)).add_(mean)  # in place: one k x d temporary, not three
 
 
 def lowrank_is_cheaper(n: int, d: int, k: int) -> bool:

@@ -1,0 +1,86 @@
+"""The command line: expand writes a loadable model folder atomically; errors are one clear line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from vocab_expand import DEFAULTS, STRATEGIES
+from vocab_expand.cli import build_parser, main
+
+from conftest import make_model
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer):
+    path = tmp_path / "tiny-model"
+    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
+    words = tmp_path / "words.txt"
+    words.write_text("# comment\nJehoshaphat\nprophets\tmid\t12\n\nthe\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["expand", "--model", str(model_dir), "--words", str(words), "--word", "Nebuchadnezzar",
+                 "--input-init", "subword", "--output-init", "mean", "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "added 3 tokens" in printed and "skipped 'the'" in printed
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert tok.tokenize(" Jehoshaphat") == ["ĠJehoshaphat"]
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    report = json.loads((out / "expansion.json").read_text())
+    assert report["tokens_added"] == 3 and report["config"]["input_init"] == "subword"
+    ids = tok("Jehoshaphat said", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+def test_existing_output_needs_force(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    args = ["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(out)]
+    assert main(args) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep me"
+    assert main(args + ["--force"]) == 0
+    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary folders left
+
+
+def test_errors_are_clear_and_leave_nothing(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["expand", "--model", str(model_dir), "-o", str(out)]) == 2
+    assert "no words given" in capsys.readouterr().err
+    assert main(["expand", "--model", str(tmp_path / "nowhere"), "--word", "x", "-o", str(out)]) == 2
+    assert "neither a model folder" in capsys.readouterr().err
+    assert main(["expand", "--model", str(model_dir), "--words", str(tmp_path / "none.txt"), "-o", str(out)]) == 2
+    assert "no words file" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["expand", "--model", str(model_dir), "--word", "x", "--input-init", "nope", "-o", str(out)])
+
+
+def test_cli_defaults_and_choices_come_from_the_library():
+    args = build_parser().parse_args(["expand", "--word", "x", "-o", "o"])
+    assert (args.input_init, args.output_init, args.seed, args.tie_policy) == (
+        DEFAULTS.input_init, DEFAULTS.output_init, DEFAULTS.seed, DEFAULTS.tie_policy)
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["expand"]._actions
+                  if a.dest == "input_init")
+    assert sorted(action.choices) == sorted(STRATEGIES)
+
+
+def test_mine_writes_words_file(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(["And Jehoshaphat said unto the prophets of Jehoshaphat"] * 40), encoding="utf-8")
+    out = tmp_path / "words.txt"
+    assert main(["mine", "--model", str(model_dir), "--corpus", str(corpus), "--top", "3", "-o", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[0] == "Jehoshaphat" and len(lines) <= 3
+    assert "held-out split" in capsys.readouterr().out
+    assert main(["mine", "--model", str(model_dir), "--corpus", str(corpus), "-o", str(out)]) == 2
