@@ -92,7 +92,6 @@ def run_one(method: str, weight: torch.Tensor, model, k: int) -> None:
     """Run one method; ``model`` wraps ``weight`` and is rebuilt by the caller before each run (untimed)."""
     from vocab_expand.config import ExpandConfig
     from vocab_expand.expansion import grow_embeddings
-    from vocab_expand.strategies import get_strategy
 
     n = weight.shape[0]
     if method == "copy":
@@ -103,7 +102,7 @@ def run_one(method: str, weight: torch.Tensor, model, k: int) -> None:
         model.resize_token_embeddings(n + k, mean_resizing=True)
     else:
         name = method.removeprefix("ours_")
-        grow_embeddings(model, n, [[0]] * k, (get_strategy(name), get_strategy(name)), ExpandConfig())
+        grow_embeddings(model, n, [[0]] * k, ExpandConfig(input_init=name, output_init=name))
     assert model.get_input_embeddings().weight.shape[0] == n + k
 
 

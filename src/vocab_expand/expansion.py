@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from . import resize
 from .config import ExpandConfig
 from .io import atomic_directory, write_json
-from .strategies import RowRequest, get_strategy
+from .strategies import RowRequest, Strategy, get_strategy
 from .tokenization import (
     Skipped,
     check_words,
@@ -32,7 +32,7 @@ from .tokenization import (
     tokenizer_from_spec,
     tokenizer_spec,
 )
-from .families import detect_family
+from .families import NewEntry, detect_family
 
 
 @dataclass
@@ -65,6 +65,72 @@ class Expansion:
             write_json(tmp / "expansion.json", self.report)
 
 
+@dataclass
+class TokenPlan:
+    """The strategy-independent half of an expansion: the extended tokenizer and the new entries."""
+
+    tokenizer: PreTrainedTokenizerBase
+    family: str
+    tokens_before: int
+    words_given: int
+    entries: list[NewEntry]
+    new_token_ids: list[int]
+    skipped: list[Skipped]
+    seconds: float
+
+    @property
+    def pieces(self) -> list[list[int]]:
+        return [list(e.pieces) for e in self.entries]
+
+
+def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config: ExpandConfig) -> TokenPlan:
+    """Check the words, plan their entries through the tokenizer's family, and build the new tokenizer."""
+    word_list = check_words(words)
+    start = time.perf_counter()
+    spec = tokenizer_spec(tokenizer)
+    family = detect_family(spec)
+    plan = plan_words(family, word_list, config.forms)
+    first_id = next_free_id(spec)
+    if first_id != len(tokenizer):
+        raise ValueError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
+    new_ids = list(range(first_id, first_id + len(plan.entries)))
+    if plan.entries:
+        new_tokenizer = tokenizer_from_spec(tokenizer, family.extend(list(zip(plan.entries, new_ids))))
+    else:
+        new_tokenizer = tokenizer if config.inplace else copy.deepcopy(tokenizer)
+    return TokenPlan(new_tokenizer, family.name, len(tokenizer), len(word_list), plan.entries, new_ids,
+                     plan.skipped, time.perf_counter() - start)
+
+
+def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig) -> Expansion:
+    """Grow the model's matrices for a token plan (on a copy unless config.inplace)."""
+    start = time.perf_counter()
+    new_model = model if config.inplace else copy.deepcopy(model)
+    rows = grow_embeddings(new_model, plan.tokens_before, plan.pieces, config)
+    report = {
+        "family": plan.family,
+        "words_given": plan.words_given,
+        "tokens_added": len(plan.entries),
+        "words_skipped": len(plan.skipped),
+        "skipped": [s._asdict() for s in plan.skipped],
+        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
+                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
+        **rows,
+        "timings": {"tokenizer_s": plan.seconds, "embeddings_s": time.perf_counter() - start},
+        "config": config.to_dict(),
+    }
+    return Expansion(
+        model=new_model,
+        tokenizer=plan.tokenizer,
+        new_tokens=[e.token for e in plan.entries],
+        new_token_ids=list(plan.new_token_ids),
+        words=[e.word for e in plan.entries],
+        pieces=plan.pieces,
+        skipped=list(plan.skipped),
+        report=report,
+    )
+
+
 def expand(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -82,82 +148,81 @@ def expand(
     ...) are accepted as keyword options. Returns an :class:`Expansion`; words that cannot be added are
     reported in ``skipped``, never silently dropped.
     """
-    given = dict(input_init=input_init, output_init=output_init, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
-    config = ExpandConfig(**{k: v for k, v in given.items() if v is not None}, **options)
-    strategies = get_strategy(config.input_init), get_strategy(config.output_init)
-    word_list = check_words(words)
-    timings: dict[str, float] = {}
-
-    start = time.perf_counter()
-    spec = tokenizer_spec(tokenizer)
-    family = detect_family(spec)
-    plan = plan_words(family, word_list, config.forms)
-    first_id = next_free_id(spec)
-    if first_id != len(tokenizer):
-        raise ValueError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
-    new_ids = list(range(first_id, first_id + len(plan.entries)))
-    if plan.entries:
-        new_tokenizer = tokenizer_from_spec(tokenizer, family.extend(list(zip(plan.entries, new_ids))))
-    else:
-        new_tokenizer = tokenizer if config.inplace else copy.deepcopy(tokenizer)
-    timings["tokenizer_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    new_model = model if config.inplace else copy.deepcopy(model)
-    pieces = [list(e.pieces) for e in plan.entries]
-    rows = grow_embeddings(new_model, len(tokenizer), pieces, strategies, config)
-    timings["embeddings_s"] = time.perf_counter() - start
-
-    report = {
-        "family": family.name,
-        "words_given": len(word_list),
-        "tokens_added": len(plan.entries),
-        "words_skipped": len(plan.skipped),
-        "skipped": [s._asdict() for s in plan.skipped],
-        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
-                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, new_ids)],
-        **rows,
-        "timings": timings,
-        "config": config.to_dict(),
-    }
-    return Expansion(
-        model=new_model,
-        tokenizer=new_tokenizer,
-        new_tokens=[e.token for e in plan.entries],
-        new_token_ids=new_ids,
-        words=[e.word for e in plan.entries],
-        pieces=pieces,
-        skipped=plan.skipped,
-        report=report,
-    )
+    config = make_config(input_init=input_init, output_init=output_init, seed=seed,
+                         pad_to_multiple_of=pad_to_multiple_of, **options)
+    get_strategy(config.input_init), get_strategy(config.output_init)  # unknown names fail before any work
+    return apply_plan(model, plan_tokens(tokenizer, words, config), config)
 
 
-@torch.no_grad()
-def grow_embeddings(
-    model: nn.Module, tokens_before: int, pieces: list[list[int]], strategies: tuple, config: ExpandConfig
-) -> dict[str, Any]:
-    """Grow the model's matrices in place for len(pieces) new tokens; returns the row facts for the report."""
-    layout = resize.embedding_layout(model)
-    input_strategy, output_strategy = strategies
-    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, len(pieces), config.pad_to_multiple_of)
-    if layout.tied and input_strategy.name != output_strategy.name and config.tie_policy == "untie":
-        resize.untie(model, layout)
-    tied = layout.tied
-    shared = {"input": input_strategy, "output": output_strategy}[config.tie_policy if tied else "input"]
-    generator = torch.Generator().manual_seed(config.seed)
-    request = RowRequest(
+def make_config(**given: Any) -> ExpandConfig:
+    """An ExpandConfig from keyword arguments, where None means "the default"."""
+    return ExpandConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+# Each matrix draws from its own generator, so the output rows do not depend on the input strategy.
+OUTPUT_SEED_OFFSET = 1_000_003
+
+
+def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], config: ExpandConfig,
+                role: str) -> RowRequest:
+    """The RowRequest for one matrix ("input" or "output"), with that matrix's own seeded generator."""
+    seed = config.seed + (OUTPUT_SEED_OFFSET if role == "output" else 0)
+    return RowRequest(
         pieces=pieces,
         reference_rows=tokens_before,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         initializer_range=float(getattr(model.config.get_text_config(), "initializer_range", 0.02)),
         options={"cov_scale": config.cov_scale},
     )
+
+
+def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
+    """A tied model stays tied unless its two strategies differ and tie_policy is "untie"."""
+    return layout.tied and not (config.input_init != config.output_init and config.tie_policy == "untie")
+
+
+def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
+    """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy."""
+    chosen = get_strategy(config.input_init), get_strategy(config.output_init)
+    if tied and chosen[0].name != chosen[1].name and config.tie_policy != "untie":
+        shared = chosen[0] if config.tie_policy == "input" else chosen[1]
+        return shared, shared
+    return chosen
+
+
+@torch.no_grad()
+def new_output_rows(model: nn.Module, plan: "TokenPlan", config: ExpandConfig) -> tuple[Tensor, Tensor | None, str]:
+    """The output rows [k, d] (and bias [k]) that apply_plan would write, without copying the model."""
+    layout = resize.embedding_layout(model)
+    tied = stays_tied(layout, config)
+    strategy = effective_strategies(tied, config)[1]
+    head = layout.output.weight.data
+    if tied:  # a tied row is written through the input matrix, with the input's generator
+        request = row_request(model, plan.tokens_before, plan.pieces, config, "input")
+    else:
+        request = row_request(model, plan.tokens_before, plan.pieces, config, "output")
+    rows = strategy.rows(head, request)
+    bias = strategy.bias(layout.output.bias.data, request) if layout.has_bias else None
+    return rows, bias, strategy.name
+
+
+@torch.no_grad()
+def grow_embeddings(model: nn.Module, tokens_before: int, pieces: list[list[int]], config: ExpandConfig) -> dict[str, Any]:
+    """Grow the model's matrices in place for len(pieces) new tokens; returns the row facts for the report."""
+    layout = resize.embedding_layout(model)
+    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, len(pieces), config.pad_to_multiple_of)
+    tied = stays_tied(layout, config)
+    if layout.tied and not tied:
+        resize.untie(model, layout)
+    input_strategy, output_strategy = effective_strategies(tied, config)
     old_input = layout.input.weight
-    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, shared, request), old_input)
+    request = row_request(model, tokens_before, pieces, config, "input")
+    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, input_strategy, request), old_input)
     if tied:
         layout.output.weight = layout.input.weight
         layout.output.out_features = plan.new_rows
     elif layout.output is not None:
+        request = row_request(model, tokens_before, pieces, config, "output")
         old_output = layout.output.weight
         resize.set_weight(layout.output, resize.fill_new_rows(old_output.data, plan, output_strategy, request), old_output)
         if layout.has_bias:
@@ -170,8 +235,8 @@ def grow_embeddings(
         "reused_spare_rows": plan.reused_spare_rows,
         "padding_rows": len(plan.padding_ids),
         "tied": tied,
-        "input_strategy": shared.name if tied else input_strategy.name,
-        "output_strategy": shared.name if tied else output_strategy.name,
+        "input_strategy": input_strategy.name,
+        "output_strategy": output_strategy.name,
         "hewitt_bound_nats": hewitt_bound(len(pieces) + len(plan.padding_ids), tokens_before),
     }
 

@@ -1,0 +1,322 @@
+"""`diagnose`: does the expanded model still work? KL, moved probability, risk, bits per character, generations.
+
+For each strategy (an input/output pair), on the held-out split:
+1. KL(p_old || p_new) on every prefix that contains no new token (the hidden state there does not depend on
+   the new rows): log(1 + sum exp(h.e_new) / Z), with its mean, median, 99th percentile, maximum, histogram.
+2. The probability moved to the new tokens, and how often a new token is the argmax.
+3. The Hewitt bound log(1 + k/n) beside the measured KL.
+4. Risk of the model itself: the distribution of log Z, and the KL that zero or random rows would cost,
+   log(1 + k exp(-log Z)), before any strategy is chosen.
+5. Bits per character of the held-out text, before and after (characters do not depend on the tokenizer).
+6. Greedy and seeded sampled generations before and after.
+
+Cost: one forward pass of the original model gives every strategy's figures 1-4 (only a [P x k] product per
+strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
+tokenization changed; the others reuse the original pass.
+
+Left out: writing the report (report.py); the negative-logit twin (testing.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from . import metrics
+from .corpus import Corpus
+from .expansion import (
+    Expansion,
+    apply_plan,
+    effective_strategies,
+    hewitt_bound,
+    make_config,
+    new_output_rows,
+    plan_tokens,
+    stays_tied,
+)
+from .resize import embedding_layout
+from .forward import PassStats, head_logits, run_pass
+from .strategies import STRATEGIES
+from .tokenization import check_words
+
+DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean")
+PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
+# Held-out tokens scored by default: about 20 s a pass for SmolLM2 on 2 CPU cores, enough for stable figures.
+MAX_TOKENS = 8000
+HISTOGRAM_BINS = 60
+
+
+@dataclass(frozen=True)
+class StrategyPair:
+    """An input/output strategy pair; "mean" alone means mean/mean."""
+
+    input: str
+    output: str
+
+    @property
+    def name(self) -> str:
+        return self.input if self.input == self.output else f"{self.input}/{self.output}"
+
+    @classmethod
+    def parse(cls, spec: str) -> "StrategyPair":
+        parts = spec.strip().split("/")
+        if len(parts) not in (1, 2) or not all(parts):
+            raise ValueError(f"strategy {spec!r} must be NAME or INPUT/OUTPUT, e.g. subword/mean")
+        for name in parts:
+            if name not in STRATEGIES:
+                raise ValueError(f"unknown strategy {name!r} in {spec!r}; choose from: {', '.join(sorted(STRATEGIES))}")
+        return cls(parts[0], parts[-1])
+
+
+def parse_strategies(specs: Iterable[str] | str) -> list[StrategyPair]:
+    """Strategy pairs from names or a comma-separated string; duplicates removed, order kept."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    pairs = list(dict.fromkeys(StrategyPair.parse(s) for s in items if s.strip()))
+    if not pairs:
+        raise ValueError("no strategies given, e.g. strategies=['zeros', 'mean', 'subword/mean']")
+    return pairs
+
+
+def summarize(values: Tensor) -> dict[str, float]:
+    """mean, median, 99th percentile and maximum of a 1-D tensor."""
+    v = values.to(torch.float64)
+    return {"mean": v.mean().item(), "median": v.median().item(),
+            "p99": torch.quantile(v, 0.99).item() if v.numel() else math.nan, "max": v.max().item()}
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` found. ``figures`` is JSON-ready; ``kl`` and ``log_z`` keep the raw values for plots."""
+
+    figures: dict[str, Any]
+    kl: dict[str, Tensor] = field(default_factory=dict)
+    log_z: Tensor | None = None
+
+    @property
+    def strategies(self) -> dict[str, dict[str, Any]]:
+        return self.figures["strategies"]
+
+    def save(self, path, *, force: bool = False) -> None:
+        from .report import write_report
+
+        write_report(self, path, force=force)
+
+
+def diagnose(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    words: Iterable[str],
+    corpus: Corpus,
+    strategies: Iterable[str] | str = DEFAULT_STRATEGIES,
+    *,
+    max_tokens: int = MAX_TOKENS,
+    seed: int = 0,
+    prompts: Iterable[str] = PROMPTS,
+    max_new_tokens: int = 20,
+    progress: bool = True,
+    label: str = "model",
+    bits_per_character: bool = True,
+    generate: bool = True,
+    **expand_options: Any,
+) -> Diagnosis:
+    """Expand ``model`` with ``words`` under each strategy and measure what that does on ``corpus.heldout``.
+
+    ``strategies``: names or INPUT/OUTPUT pairs (a comma-separated string works too). ``max_tokens`` caps the
+    held-out sample. ``bits_per_character=False`` or ``generate=False`` skip those parts (they need extra passes).
+    Other keyword options go to the expansion (ExpandConfig fields such as tie_policy or forms).
+    """
+    pairs = parse_strategies(strategies)
+    word_list = check_words(words)
+    docs = heldout_sample(corpus, tokenizer, max_tokens)
+    runner = _Runner(model, tokenizer, docs, seed, progress, expand_options)
+    runner.check_words_occur(word_list)
+    figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
+    diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z)
+    prompt_list = list(prompts) if generate else []
+    figures["generations_before"] = generations(model, tokenizer, prompt_list, max_new_tokens, seed)
+    for pair in pairs:
+        kl, row = runner.strategy_figures(pair, bits_per_character)
+        if prompt_list:
+            expansion = runner.expansion(pair)
+            row["generations"] = generations(expansion.model, expansion.tokenizer, prompt_list, max_new_tokens,
+                                             seed, new_ids=set(expansion.new_token_ids))
+            del expansion
+        row["verdict"] = verdict(pair.name, row)
+        figures["strategies"][pair.name] = row
+        diagnosis.kl[pair.name] = kl
+    return diagnosis
+
+
+def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
+    if not corpus.heldout:
+        raise ValueError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
+    docs, total = [], 0
+    for doc in corpus.heldout:
+        docs.append(doc)
+        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if total >= max_tokens:
+            break
+    return docs
+
+
+class _Runner:
+    """Shared state of one diagnosis: the original pass, expanded tokenizations, passes per input rows."""
+
+    def __init__(self, model, tokenizer, docs, seed, progress, expand_options):
+        self.model, self.tokenizer, self.docs = model, tokenizer, docs
+        self.seed, self.progress, self.expand_options = seed, progress, expand_options
+        self.n_old = len(tokenizer)
+        self.start_id = start_token_id(tokenizer)
+        self.original_ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+        self.original = run_pass(model, self.original_ids, self.n_old, self.start_id, progress=progress,
+                                 desc="original model")
+        self.characters = sum(len(d) for d in docs)
+        nll = (self.original.log_z - self.original.target_logit).sum().item()
+        self.bpc_before = nll / math.log(2) / self.characters
+        self.expanded_ids: list[list[int]] | None = None
+        self.input_passes: dict[str, PassStats] = {}
+
+    def config(self, pair: StrategyPair):
+        return make_config(input_init=pair.input, output_init=pair.output, seed=self.seed, **self.expand_options)
+
+    def expansion(self, pair: StrategyPair) -> Expansion:
+        return apply_plan(self.model, self.plan, self.config(pair))
+
+    def check_words_occur(self, words: list[str]) -> None:
+        """Plan the tokens once; the words must be addable and occur in the sample."""
+        self.plan = plan_tokens(self.tokenizer, words, make_config(**self.expand_options))
+        if not self.plan.entries:
+            reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in self.plan.skipped)
+            raise ValueError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
+        probe = self.plan
+        self.k = len(probe.entries)
+        self.skipped = [s._asdict() for s in probe.skipped]
+        self.expanded_ids = probe.tokenizer(self.docs, add_special_tokens=False)["input_ids"]
+        self.changed = [i for i, (a, b) in enumerate(zip(self.original_ids, self.expanded_ids)) if a != b]
+        present = {t for ids in self.expanded_ids for t in ids if t >= self.n_old}
+        self.absent = [e.token for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
+        if not present:
+            raise ValueError(
+                "none of the words occurs in the held-out text, so their effect cannot be measured; "
+                "choose words from this corpus (vocab-expand mine) or a corpus that contains them"
+            )
+        first_new = {i: next((j for j, (a, b) in enumerate(zip(o, e)) if a != b), len(o))
+                     for i, (o, e) in enumerate(zip(self.original_ids, self.expanded_ids))}
+        limit = torch.tensor([first_new[d] for d in self.original.doc.tolist()])
+        self.clean = self.original.index <= limit  # prefix holds no new token: hidden state independent of new rows
+
+    def header(self) -> dict[str, Any]:
+        log_z = self.original.log_z
+        zero_kl = metrics.predicted_kl_zero_rows(log_z, self.k)
+        return {
+            "k": self.k, "n": self.n_old, "hewitt_bound_nats": hewitt_bound(self.k, self.n_old),
+            "documents": len(self.docs), "characters": self.characters,
+            "tokens_before": sum(map(len, self.original_ids)), "tokens_after": sum(map(len, self.expanded_ids)),
+            "clean_prefixes": int(self.clean.sum()), "skipped_words": self.skipped, "absent_tokens": self.absent,
+            "bpc_before": self.bpc_before,
+            "risk": {"log_z": summarize(log_z), "log_z_min": log_z.min().item(),
+                     "predicted_kl_zero_rows": summarize(zero_kl),
+                     "predicted_moved_zero_rows": summarize(torch.sigmoid(math.log(self.k) - log_z))},
+        }
+
+    def input_pass(self, pair: StrategyPair) -> PassStats:
+        """Original-pass stats for unchanged documents plus a pass of the expanded model over changed ones.
+        Cached by the input rows actually used, so strategies sharing them share the pass."""
+        config = self.config(pair)
+        key = effective_strategies(stays_tied(embedding_layout(self.model), config), config)[0].name
+        if key not in self.input_passes:
+            expansion = apply_plan(self.model, self.plan, config)
+            changed = [self.expanded_ids[i] for i in self.changed]
+            fresh = run_pass(expansion.model, changed, self.n_old, self.start_id, progress=self.progress,
+                             desc=f"input rows: {key}")
+            fresh.doc = torch.tensor(self.changed)[fresh.doc]
+            keep = ~torch.isin(self.original.doc, torch.tensor(self.changed))
+            self.input_passes[key] = PassStats.concat([self.original.select(keep), fresh])
+        return self.input_passes[key]
+
+    def strategy_figures(self, pair: StrategyPair, with_bpc: bool = True) -> tuple[Tensor, dict[str, Any]]:
+        config = self.config(pair)
+        rows, bias, output_name = new_output_rows(self.model, self.plan, config)
+        input_name = effective_strategies(stays_tied(embedding_layout(self.model), config), config)[0].name
+        clean = self.original.select(self.clean)
+        new_logits = head_logits(self.model, clean.hidden, rows, bias)
+        kl = metrics.added_token_kl(clean.log_z, new_logits)
+        moved = metrics.moved_probability(clean.log_z, new_logits)
+        bound = hewitt_bound(self.k, self.n_old)
+        row = {
+            "input_strategy": input_name,
+            "output_strategy": output_name,
+            "kl": summarize(kl),
+            "within_bound": bool((kl <= bound + 1e-6).all()),
+            "share_within_bound": (kl <= bound + 1e-6).double().mean().item(),
+            "moved_probability": {"mean": moved.mean().item(), "max": moved.max().item()},
+            "new_token_argmax_share": (new_logits.max(dim=-1).values > clean.max_logit).double().mean().item(),
+        }
+        if with_bpc:
+            row.update(self.bpc_figures(pair, rows, bias))
+        return kl, row
+
+    def bpc_figures(self, pair: StrategyPair, rows: Tensor, bias: Tensor | None) -> dict[str, Any]:
+        """Bits per character of the expanded model on its own tokenization of the sample."""
+        after = self.input_pass(pair)
+        all_new = head_logits(self.model, after.hidden, rows, bias)
+        log_z_new = torch.logaddexp(after.log_z, torch.logsumexp(all_new, dim=-1))
+        is_new = after.target >= self.n_old
+        target_logit = after.target_logit.clone()
+        target_logit[is_new] = all_new[is_new].gather(1, (after.target[is_new] - self.n_old)[:, None]).squeeze(1)
+        nll = (log_z_new - target_logit).sum().item()
+        bpc_after = nll / math.log(2) / self.characters
+        return {
+            "bpc_after": bpc_after,
+            "bpc_change_percent": 100.0 * (bpc_after / self.bpc_before - 1.0),
+            "new_token_probability_on_new_targets": torch.exp(target_logit[is_new] - log_z_new[is_new]).mean().item()
+            if is_new.any() else math.nan,
+        }
+
+
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token every document is scored after: BOS, else EOS (a document boundary)."""
+    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if value is not None:
+            return int(value)
+    raise ValueError("the tokenizer has no BOS, EOS or pad token to start documents with")
+
+
+@torch.inference_mode()
+def generations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
+                new_ids: set[int] | None = None) -> list[dict[str, Any]]:
+    """Greedy and seeded sampled continuations of each prompt, with the share of new tokens generated."""
+    out = []
+    for prompt in prompts:
+        batch = tokenizer(prompt, return_tensors="pt")
+        row: dict[str, Any] = {"prompt": prompt}
+        for mode in ("greedy", "sampled"):
+            torch.manual_seed(seed)
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=mode == "sampled",
+                                 pad_token_id=tokenizer.eos_token_id)
+            continuation = ids[0, batch["input_ids"].shape[1]:].tolist()
+            row[mode] = tokenizer.decode(continuation, skip_special_tokens=True)
+            if new_ids is not None:
+                row[f"{mode}_new_token_share"] = sum(t in new_ids for t in continuation) / max(1, len(continuation))
+        out.append(row)
+    return out
+
+
+def verdict(name: str, row: dict[str, Any]) -> str:
+    """One sentence a user can act on."""
+    moved, argmax = row["moved_probability"]["mean"], row["new_token_argmax_share"]
+    bpc = f"; bits per character {row['bpc_change_percent']:+.2f}%" if "bpc_change_percent" in row else ""
+    if moved > 0.5 or argmax > 0.5:
+        return (f"{name}: BROKEN - the new tokens take {100 * moved:.1f}% of the probability on average and are the "
+                f"top prediction on {100 * argmax:.1f}% of prefixes{bpc}.")
+    if row["kl"]["mean"] > 0.1:
+        return f"{name}: RISKY - mean KL {row['kl']['mean']:.3f} nats on old-vocabulary prefixes{bpc}."
+    bound = "within the Hewitt bound on every prefix" if row["within_bound"] else (
+        f"within the Hewitt bound on {100 * row['share_within_bound']:.1f}% of prefixes")
+    return f"{name}: SAFE - max KL {row['kl']['max']:.2e} nats, {bound}{bpc}."

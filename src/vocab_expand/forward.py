@@ -1,0 +1,134 @@
+"""One batched forward pass that keeps what every later figure needs, per predicted position.
+
+For each position it keeps the final hidden state h (the input of the output head, captured with a
+hook, so it works for any transformers causal LM), log Z and the maximum over the old vocabulary, and the
+target's logit when the target is an old token. With these, any set of new output rows can be scored with a
+[positions x k] product: the [positions x n] product is never repeated.
+
+Left out: which sequences to run and what the figures are (diagnostics.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .resize import embedding_layout
+
+# Logits are [batch tokens x vocabulary] floats: 2^27 of them is 512 MB, so big vocabularies get smaller batches.
+LOGIT_BUDGET = 2**27
+
+
+@dataclass
+class PassStats:
+    """Per-position arrays of one pass, concatenated over sequences (P positions).
+
+    hidden [P, d]; log_z, max_logit, target_logit [P] (target_logit is nan where the target is a new token);
+    target [P] token ids; doc [P] the sequence index; index [P] the position within its sequence.
+    """
+
+    hidden: Tensor
+    log_z: Tensor
+    max_logit: Tensor
+    target: Tensor
+    target_logit: Tensor
+    doc: Tensor
+    index: Tensor
+
+    def select(self, mask: Tensor) -> "PassStats":
+        return PassStats(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(parts: list["PassStats"]) -> "PassStats":
+        return PassStats(*(torch.cat([getattr(p, f) for p in parts]) for f in PassStats.__dataclass_fields__))
+
+
+def softcap(model: nn.Module) -> float | None:
+    """The model's final logit soft-capping value (Gemma 2 style), if any."""
+    value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return float(value) if value else None
+
+
+def head_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Logits of output ``rows`` [k, d] for ``hidden`` [P, d], as the model computes them (bias, soft-cap)."""
+    logits = hidden @ rows.to(torch.float32).T
+    if bias is not None:
+        logits = logits + bias.to(torch.float32)
+    cap = softcap(model)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Sequence indices grouped so that (longest length x count) stays within max_tokens; sorted by length."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups, current = [], []
+    for i in order:
+        if current and lengths[i] * (len(current) + 1) > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+@torch.inference_mode()
+def run_pass(
+    model: nn.Module,
+    sequences: list[list[int]],
+    n_old: int,
+    start_id: int,
+    *,
+    progress: bool = False,
+    desc: str = "forward",
+) -> PassStats:
+    """Score every token of every sequence (each prefixed with ``start_id``) and keep per-position stats."""
+    layout = embedding_layout(model)
+    if layout.output is None:
+        raise TypeError("the model has no output head to diagnose")
+    max_tokens = max(256, LOGIT_BUDGET // layout.output.weight.shape[0])
+    captured: list[Tensor] = []
+    hook = layout.output.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
+    parts: list[PassStats] = []
+    lengths = [len(s) for s in sequences]
+    try:
+        groups = batches(lengths, max_tokens)
+        for group in tqdm(groups, desc=desc, unit="batch", disable=not progress, mininterval=1.0):
+            parts.append(_score_batch(model, sequences, group, n_old, start_id, captured))
+    finally:
+        hook.remove()
+    if not parts:
+        raise ValueError("nothing to score: every sequence is empty")
+    return PassStats.concat(parts)
+
+
+def _score_batch(model, sequences, group, n_old, start_id, captured) -> PassStats:
+    width = max(len(sequences[i]) for i in group)
+    ids = torch.full((len(group), width + 1), start_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, i in enumerate(group):
+        ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
+        mask[row, : len(sequences[i]) + 1] = 1
+    captured.clear()
+    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits.to(torch.float32)
+    valid = mask[:, 1:].bool()
+    old = logits[..., :n_old][valid]
+    target = ids[:, 1:][valid]
+    is_old = target < n_old
+    target_logit = torch.full(target.shape, math.nan)
+    target_logit[is_old] = old[is_old].gather(1, target[is_old, None]).squeeze(1)
+    doc = torch.tensor(group).unsqueeze(1).expand_as(valid)[valid]
+    index = torch.arange(width).unsqueeze(0).expand_as(valid)[valid]
+    return PassStats(
+        hidden=captured[-1].to(torch.float32)[valid],
+        log_z=torch.logsumexp(old, dim=-1),
+        max_logit=old.max(dim=-1).values,
+        target=target,
+        target_logit=target_logit,
+        doc=doc,
+        index=index,
+    )

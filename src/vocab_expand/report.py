@@ -1,0 +1,157 @@
+"""Writing a diagnosis: report.md (tables and one verdict per strategy), diagnosis.json (every figure),
+and PNG figures (KL histograms on a log axis, the log Z histogram, bits per character), atomically.
+
+Left out: computing the figures (diagnostics.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .io import atomic_directory, write_json
+
+if TYPE_CHECKING:
+    from .diagnostics import Diagnosis
+
+
+def write_report(diagnosis: "Diagnosis", path: str | os.PathLike, *, force: bool = False, extra_md: str = "") -> None:
+    with atomic_directory(path, force=force) as tmp:
+        write_into(diagnosis, tmp, extra_md=extra_md)
+
+
+def write_into(diagnosis: "Diagnosis", folder: Path, *, prefix: str = "", extra_md: str = "") -> None:
+    """Write the report files into an existing folder (names start with ``prefix``)."""
+    write_json(folder / f"{prefix}diagnosis.json", diagnosis.figures)
+    plot_kl(diagnosis, folder / f"{prefix}kl_histograms.png")
+    plot_log_z(diagnosis, folder / f"{prefix}log_z.png")
+    plot_bpc(diagnosis, folder / f"{prefix}bits_per_character.png")
+    (folder / f"{prefix}report.md").write_text(markdown(diagnosis, prefix) + extra_md, encoding="utf-8")
+
+
+def table(diagnosis: "Diagnosis") -> str:
+    """A short fixed-width table for the terminal."""
+    f = diagnosis.figures
+    lines = [f"{f['label']}: k={f['k']} new tokens, n={f['n']}, bound log(1+k/n)={f['hewitt_bound_nats']:.2e} nats, "
+             f"bpc before {f['bpc_before']:.4f}",
+             f"{'strategy':<22} {'mean KL':>9} {'max KL':>9} {'moved':>7} {'argmax':>7} {'bpc':>8} {'Δbpc %':>8}"]
+    for name, row in diagnosis.strategies.items():
+        lines.append(f"{name:<22} {row['kl']['mean']:>9.2e} {row['kl']['max']:>9.2e} "
+                     f"{100 * row['moved_probability']['mean']:>6.1f}% {100 * row['new_token_argmax_share']:>6.1f}% "
+                     f"{row.get('bpc_after', math.nan):>8.4f} {row.get('bpc_change_percent', math.nan):>+8.2f}")
+    return "\n".join(lines)
+
+
+def markdown(diagnosis: "Diagnosis", prefix: str = "") -> str:
+    f = diagnosis.figures
+    risk = f["risk"]
+    out = [
+        f"# Diagnosis: {f['label']}", "",
+        f"{f['k']} new tokens over n = {f['n']}; held-out sample: {f['documents']} documents, {f['characters']} "
+        f"characters, {f['tokens_before']} tokens before and {f['tokens_after']} after "
+        f"({f['tokens_before'] - f['tokens_after']} saved); KL measured on {f['clean_prefixes']} prefixes without new "
+        f"tokens. Hewitt bound log(1 + k/n) = {f['hewitt_bound_nats']:.3e} nats.", "",
+        "## Verdicts", "", *[f"- {row['verdict']}" for row in diagnosis.strategies.values()], "",
+        "## Figures", "",
+        "| strategy | input rows | output rows | mean KL | median | p99 | max KL | within bound | moved mean | "
+        "moved max | new argmax | bpc | Δbpc |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in diagnosis.strategies.items():
+        kl = row["kl"]
+        out.append(f"| {name} | {row['input_strategy']} | {row['output_strategy']} | {kl['mean']:.2e} | {kl['median']:.2e} "
+                   f"| {kl['p99']:.2e} | {kl['max']:.2e} | {'yes' if row['within_bound'] else 'no'} "
+                   f"| {100 * row['moved_probability']['mean']:.2f}% | {100 * row['moved_probability']['max']:.2f}% "
+                   f"| {100 * row['new_token_argmax_share']:.1f}% | {row.get('bpc_after', math.nan):.4f} "
+                   f"| {row.get('bpc_change_percent', math.nan):+.2f}% |")
+    out += [
+        "", f"Bits per character before expansion: {f['bpc_before']:.4f}.", "",
+        "## Risk of this model, before choosing a strategy", "",
+        f"log Z over held-out prefixes: mean {risk['log_z']['mean']:.2f}, median {risk['log_z']['median']:.2f}, "
+        f"min {risk['log_z_min']:.2f}, max {risk['log_z']['max']:.2f}. Zero or random rows (logit about 0) would cost "
+        f"KL log(1 + k exp(-log Z)): mean {risk['predicted_kl_zero_rows']['mean']:.3g} nats, max "
+        f"{risk['predicted_kl_zero_rows']['max']:.3g}, moving on average "
+        f"{100 * risk['predicted_moved_zero_rows']['mean']:.1f}% of the probability to the new tokens.", "",
+        f"![KL histograms]({prefix}kl_histograms.png)", "", f"![log Z]({prefix}log_z.png)", "",
+        f"![bits per character]({prefix}bits_per_character.png)", "", "## Generations", "",
+    ]
+    for i, before in enumerate(f["generations_before"]):
+        out += [f"**{before['prompt']}**", "", "| model | greedy | sampled (seeded) |", "|---|---|---|",
+                f"| original | {_cell(before['greedy'])} | {_cell(before['sampled'])} |"]
+        for name, row in diagnosis.strategies.items():
+            g = row["generations"][i]
+            out.append(f"| {name} | {_cell(g['greedy'])} | {_cell(g['sampled'])} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _cell(text: str) -> str:
+    return repr(text)[1:-1].replace("|", "\\|")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_kl(diagnosis: "Diagnosis", path: Path) -> None:
+    """One histogram per strategy of per-prefix KL, on a log-scale axis, with the Hewitt bound marked."""
+    plt = _pyplot()
+    names = list(diagnosis.kl)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    bound = diagnosis.figures["hewitt_bound_nats"]
+    values = torch.cat([v for v in diagnosis.kl.values()]).clamp_min(1e-12)
+    edges = torch.logspace(math.log10(values.min().item()), math.log10(max(values.max().item(), bound * 2)), 60)
+    for ax, name in zip(axes.flat, names):
+        ax.hist(diagnosis.kl[name].clamp_min(1e-12).numpy(), bins=edges.numpy(), color="tab:blue")
+        ax.axvline(bound, color="tab:red", linestyle="--", label="log(1+k/n)")
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("KL(p_old || p_new), nats")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"{diagnosis.figures['label']}: per-prefix KL", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_log_z(diagnosis: "Diagnosis", path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.hist(diagnosis.log_z.numpy(), bins=60, color="tab:purple")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("log Z (log-partition over the old vocabulary)")
+    ax.set_ylabel("prefixes")
+    ax.set_title(f"{diagnosis.figures['label']}: a new logit of 0 takes e^0/(e^0+Z) of the mass", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bpc(diagnosis: "Diagnosis", path: Path) -> None:
+    plt = _pyplot()
+    names = ["original"] + list(diagnosis.strategies)
+    values = [diagnosis.figures["bpc_before"]] + [r.get("bpc_after", math.nan) for r in diagnosis.strategies.values()]
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 3.6))
+    bars = ax.bar(range(len(names)), values, color=["tab:gray"] + ["tab:blue"] * (len(names) - 1))
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("held-out bits per character (log)")
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
+    ax.set_title(f"{diagnosis.figures['label']}: bits per character", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
