@@ -148,18 +148,71 @@ def build_mine(parser: argparse.ArgumentParser):
     return run
 
 
+@command("diagnose", "measure what expansion does to a model: KL, moved probability, risk, bits per character")
+def build_diagnose(parser: argparse.ArgumentParser):
+    from .diagnostics import DEFAULT_STRATEGIES, MAX_TOKENS
+
+    add_model_args(parser)
+    parser.add_argument("--words", help="file with one word a line")
+    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help=f"comma-separated NAME or INPUT/OUTPUT; names: {', '.join(sorted(STRATEGIES))} "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="held-out tokens scored (default: %(default)s)")
+    parser.add_argument("--twin", action="store_true", help="also diagnose the model's negative-logit twin")
+    parser.add_argument("--no-generate", action="store_true", help="skip the generations")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("-o", "--output", required=True, help="report folder")
+    parser.add_argument("--force", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        from .corpus import load_corpus
+        from .diagnostics import diagnose, parse_strategies
+        from .io import atomic_directory, check_output_dir
+        from .loading import load_model
+        from .report import table, write_into
+
+        check_output_dir(args.output, args.force)
+        words = read_words(args)
+        pairs = [p.name for p in parse_strategies(args.strategies)]
+        corpus = load_corpus(args.corpus)
+        model, tokenizer = load_model(args.model)
+        options = dict(max_tokens=args.max_tokens, seed=args.seed, generate=not args.no_generate)
+        found = [diagnose(model, tokenizer, words, corpus, pairs, label=args.model, **options)]
+        if args.twin:
+            from .testing import negative_logit_twin
+
+            twin = negative_logit_twin(model, tokenizer, corpus)
+            found.append(diagnose(twin, tokenizer, words, corpus, pairs, label=f"{args.model} twin", **options))
+        with atomic_directory(args.output, force=args.force) as tmp:
+            write_into(found[0], tmp)
+            if args.twin:
+                (tmp / "twin").mkdir()
+                write_into(found[1], tmp / "twin")
+        for diagnosis in found:
+            print(table(diagnosis))
+            for row in diagnosis.strategies.values():
+                print("  " + row["verdict"])
+        print(f"report: {args.output}/report.md")
+        return 0
+
+    return run
+
+
 @command("demo", "the main job: mine words from a corpus, expand the model, show generations before and after")
 def build_demo(parser: argparse.ArgumentParser):
     add_model_args(parser)
     parser.add_argument("--corpus", default="kjv")
     parser.add_argument("--top", type=int, default=20, help="words to mine and add (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=4000, help="held-out tokens diagnosed (default: %(default)s)")
     parser.add_argument("-o", "--output", default="runs/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true")
 
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
-        return run_demo(args.model, args.corpus, args.top, args.output, args.force)
+        return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens)
 
     return run
 

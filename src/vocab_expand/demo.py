@@ -1,7 +1,11 @@
-"""The main job, end to end on the bundled model and corpus: mine words, expand, save, and compare
-greedy generations before and after on fixed prompts. Writes OUT/model/ (a loadable model) and OUT/demo.md.
+"""The main job, end to end on the bundled model and corpus.
 
-Left out: the quality figures (KL, bits per character), which diagnostics adds.
+1. Load the model and corpus; mine the words that save the most tokens.
+2. Diagnose every strategy on the model and on its negative-logit twin (same distribution, all logits below
+   -20: the situation of GPT-2 small or Gemma-2b, where zero and random rows collapse generation).
+3. Expand with the default strategies and save the model.
+4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
+   (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 """
 
 from __future__ import annotations
@@ -9,51 +13,72 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from .corpus import load_corpus
+from .diagnostics import DEFAULT_STRATEGIES, Diagnosis, diagnose
 from .expansion import expand
 from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
-
-PROMPTS = (
-    "And it came to pass, when the king",
-    "The king of Judah was",
-    "Then said Jehoshaphat",
-    "My favourite programming language is",
-)
+from .report import table, write_into
+from .testing import negative_logit_twin
 
 
-@torch.inference_mode()
-def greedy(model, tokenizer, prompt: str, max_new_tokens: int = 24) -> str:
-    """The model's greedy continuation of ``prompt`` (the continuation only)."""
-    ids = tokenizer(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,
+             *, max_tokens: int = 4000) -> int:
+    from .io import check_output_dir
 
-
-def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool) -> int:
+    check_output_dir(output, force)
     model, tokenizer = load_model(model_name)
     corpus = load_corpus(corpus_name)
     found = mine(tokenizer, corpus, top)
+    words = [c.word for c in found]
     saving = heldout_saving(tokenizer, corpus, found)
-    result = expand(model, tokenizer, [c.word for c in found])
-    lines = [f"# vocab-expand demo: {model_name} on {corpus_name}", "",
-             f"Added {len(result.new_tokens)} words ({result.report['input_strategy']} input rows, "
-             f"{result.report['output_strategy']} output rows); held-out tokens saved: "
-             f"{saving['tokens_saved']} of {saving['heldout_tokens']} ({saving['percent_saved']:.2f}%).", "",
-             "| word | count | pieces before |", "|---|---:|---:|"]
-    lines += [f"| {c.word} | {c.count} | {c.pieces} |" for c in found]
-    lines += ["", "## Greedy generations", ""]
-    for prompt in PROMPTS:
-        before = greedy(model, tokenizer, prompt)
-        after = greedy(result.model, result.tokenizer, prompt)
-        lines += [f"**{prompt}**", "", f"- before: {before!r}", f"- after:  {after!r}", ""]
-        print(f"{prompt!r}\n  before: {before!r}\n  after:  {after!r}")
+    original = diagnose(model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens, label=model_name)
+    print(table(original))
+    twin_model = negative_logit_twin(model, tokenizer, corpus)
+    twin = diagnose(twin_model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens,
+                    label=f"{model_name} negative-logit twin")
+    del twin_model
+    print(table(twin))
+    result = expand(model, tokenizer, words, inplace=True)
     with atomic_directory(output, force=force) as tmp:
         result.save(tmp / "model")
         write_json(tmp / "mined.json", {"candidates": [c.to_dict() for c in found], "heldout": saving})
-        (tmp / "demo.md").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {Path(output) / 'demo.md'} and the expanded model in {Path(output) / 'model'}")
+        for name, diagnosis in (("original", original), ("twin", twin)):
+            (tmp / name).mkdir()
+            write_into(diagnosis, tmp / name)
+        (tmp / "report.md").write_text(summary(model_name, corpus_name, found, saving, result.report, original, twin),
+                                       encoding="utf-8")
+    print(f"wrote {Path(output) / 'report.md'}; the expanded model is in {Path(output) / 'model'}")
     return 0
+
+
+def summary(model_name, corpus_name, found, saving, report, original: Diagnosis, twin: Diagnosis) -> str:
+    lines = [
+        f"# vocab-expand: {model_name} on {corpus_name}", "",
+        f"Mined {len(found)} words; they save {saving['tokens_saved']} of {saving['heldout_tokens']} held-out tokens "
+        f"({saving['percent_saved']:.2f}%). Saved model: `model/` ({report['input_strategy']} input rows, "
+        f"{report['output_strategy']} output rows, tied: {report['tied']}).", "",
+        "Words: " + ", ".join(f"{c.word} ({c.pieces} pieces)" for c in found), "",
+        "## The model and its negative-logit twin", "",
+        "The twin has exactly the same next-token distribution, but every logit is shifted below -20, as in "
+        "GPT-2 small or Gemma-2b. Zero and random rows have logits near 0, so on the twin they take nearly all "
+        "the probability; mean rows stay within log(1 + k/n) on both.", "",
+        "| strategy | model: mean KL | model: moved | model: Δbpc | twin: mean KL | twin: moved | twin: Δbpc | "
+        "twin: new tokens in greedy text |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in original.strategies.items():
+        t = twin.strategies[name]
+        share = sum(g.get("greedy_new_token_share", 0.0) for g in t["generations"]) / max(1, len(t["generations"]))
+        lines.append(f"| {name} | {row['kl']['mean']:.2e} | {100 * row['moved_probability']['mean']:.2f}% "
+                     f"| {row['bpc_change_percent']:+.2f}% | {t['kl']['mean']:.2e} "
+                     f"| {100 * t['moved_probability']['mean']:.2f}% | {t['bpc_change_percent']:+.2f}% | {100 * share:.0f}% |")
+    lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
+              "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
+              "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
+              "![twin bits per character](twin/bits_per_character.png)", "", "## Greedy generations on the twin", ""]
+    first = twin.figures["generations_before"][0]
+    lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
+    lines += [f"- {name}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
+    lines += ["", "Full reports: [original/report.md](original/report.md), [twin/report.md](twin/report.md)."]
+    return "\n".join(lines) + "\n"

@@ -315,8 +315,11 @@ def verdict(name: str, row: dict[str, Any]) -> str:
     if moved > 0.5 or argmax > 0.5:
         return (f"{name}: BROKEN - the new tokens take {100 * moved:.1f}% of the probability on average and are the "
                 f"top prediction on {100 * argmax:.1f}% of prefixes{bpc}.")
-    if row["kl"]["mean"] > 0.1:
-        return f"{name}: RISKY - mean KL {row['kl']['mean']:.3f} nats on old-vocabulary prefixes{bpc}."
-    bound = "within the Hewitt bound on every prefix" if row["within_bound"] else (
-        f"within the Hewitt bound on {100 * row['share_within_bound']:.1f}% of prefixes")
-    return f"{name}: SAFE - max KL {row['kl']['max']:.2e} nats, {bound}{bpc}."
+    kl = row["kl"]
+    if kl["mean"] > 0.1 or kl["max"] > 1.0:
+        return f"{name}: RISKY - mean KL {kl['mean']:.3f}, max {kl['max']:.2f} nats on old-vocabulary prefixes{bpc}."
+    if not row["within_bound"]:
+        return (f"{name}: OK HERE, NO GUARANTEE - mean KL {kl['mean']:.2e}, max {kl['max']:.2e} nats, above the "
+                f"Hewitt bound on {100 * (1 - row['share_within_bound']):.1f}% of prefixes, so other text or "
+                f"models may fare worse{bpc}.")
+    return f"{name}: SAFE - max KL {kl['max']:.2e} nats, within the Hewitt bound on every prefix{bpc}."

@@ -23,20 +23,24 @@ def log_partition(logits: Tensor) -> Tensor:
 
 
 def added_token_kl(log_z: Tensor, new_logits: Tensor) -> Tensor:
-    """KL(p_old || p_new) in nats per prefix: log Z [...] and new logits [..., k] -> [...]."""
-    new_mass = torch.logsumexp(new_logits.to(torch.float32), dim=-1)
-    return torch.logaddexp(log_z, new_mass) - log_z
+    """KL(p_old || p_new) in nats per prefix: log Z [...] and new logits [..., k] -> [...].
+
+    Computed as softplus(logsumexp(new) - log Z) in float64: the difference form logaddexp(log Z, .) - log Z
+    cancels catastrophically when log Z is large in magnitude (a twin's log Z is about -300).
+    """
+    new_mass = torch.logsumexp(new_logits.to(torch.float64), dim=-1)
+    return torch.nn.functional.softplus(new_mass - log_z.to(torch.float64))
 
 
 def moved_probability(log_z: Tensor, new_logits: Tensor) -> Tensor:
     """Probability the expanded model puts on the new tokens, per prefix: [...]."""
-    new_mass = torch.logsumexp(new_logits.to(torch.float32), dim=-1)
-    return torch.sigmoid(new_mass - log_z)
+    new_mass = torch.logsumexp(new_logits.to(torch.float64), dim=-1)
+    return torch.sigmoid(new_mass - log_z.to(torch.float64))
 
 
 def predicted_kl_zero_rows(log_z: Tensor, k: int) -> Tensor:
     """KL that k all-zero output rows would cost (logit 0 each): log(1 + k exp(-log Z)) per prefix."""
-    return torch.logaddexp(log_z, torch.full_like(log_z, math.log(k))) - log_z
+    return torch.nn.functional.softplus(math.log(k) - log_z.to(torch.float64))
 
 
 def full_softmax_kl(old_logits: Tensor, new_logits_all: Tensor) -> Tensor:
