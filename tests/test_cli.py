@@ -84,3 +84,24 @@ def test_mine_writes_words_file(model_dir, tmp_path, capsys):
     assert lines[0].split("\t")[0] == "Jehoshaphat" and len(lines) <= 3
     assert "held-out split" in capsys.readouterr().out
     assert main(["mine", "--model", str(model_dir), "--corpus", str(corpus), "-o", str(out)]) == 2
+
+
+def test_diagnose_writes_report(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    import json as _json
+
+    corpus.write_text("".join(_json.dumps({"text": f"And Jehoshaphat said unto the prophets {i}"}) + "\n"
+                              for i in range(60)), encoding="utf-8")
+    out = tmp_path / "report"
+    code = main(["diagnose", "--model", str(model_dir), "--corpus", str(corpus), "--word", "Jehoshaphat",
+                 "--strategies", "zeros,subword/mean", "--no-generate", "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "subword/mean" in printed and "report:" in printed
+    for name in ("report.md", "diagnosis.json", "kl_histograms.png", "log_z.png", "bits_per_character.png"):
+        assert (out / name).is_file(), name
+    figures = json.loads((out / "diagnosis.json").read_text())
+    assert set(figures["strategies"]) == {"zeros", "subword/mean"}
+    assert main(["diagnose", "--model", str(model_dir), "--corpus", str(corpus), "--word", "Jehoshaphat",
+                 "--strategies", "zeros,nope", "-o", str(tmp_path / "r2")]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err

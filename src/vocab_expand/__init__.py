@@ -5,7 +5,9 @@ Public API: load_model, load_corpus, mine, expand, STRATEGIES (and the types the
 
 from .config import DEFAULTS, ExpandConfig
 from .corpus import Corpus, load_corpus
-from .expansion import Expansion, expand, hewitt_bound
+from .diagnostics import Diagnosis, diagnose
+from .expansion import Expansion, TokenPlan, apply_plan, expand, hewitt_bound, plan_tokens
+from .testing import negative_logit_twin
 from .families import UnsupportedTokenizerError
 from .io import OutputExistsError
 from .loading import DEFAULT_MODEL, load_model
@@ -21,18 +23,24 @@ __all__ = [
     "STRATEGIES",
     "Candidate",
     "Corpus",
+    "Diagnosis",
     "ExpandConfig",
     "Expansion",
     "OutputExistsError",
     "RowRequest",
     "Skipped",
     "Strategy",
+    "TokenPlan",
     "UnsupportedTokenizerError",
+    "apply_plan",
+    "diagnose",
     "expand",
     "get_strategy",
     "hewitt_bound",
     "load_corpus",
     "load_model",
     "mine",
+    "negative_logit_twin",
+    "plan_tokens",
     "register_strategy",
 ]

@@ -81,12 +81,21 @@ def run_pass(
     model: nn.Module,
     sequences: list[list[int]],
     n_old: int,
-    start_id: int,
+    start_id: int | None,
     *,
     progress: bool = False,
     desc: str = "forward",
 ) -> PassStats:
-    """Score every token of every sequence (each prefixed with ``start_id``) and keep per-position stats."""
+    """Score every token of every sequence (each prefixed with ``start_id``) and keep per-position stats.
+
+    With ``start_id=None`` the sequences are taken as they are: the first token is context only.
+    """
+    if start_id is None:
+        firsts = {s[0] for s in sequences if s}
+        if len(firsts) > 1 or not all(len(s) > 1 for s in sequences):
+            return PassStats.concat([run_pass(model, [s[1:]], n_old, s[0], desc=desc) for s in sequences if len(s) > 1])
+        start_id = firsts.pop()
+        sequences = [s[1:] for s in sequences]
     layout = embedding_layout(model)
     if layout.output is None:
         raise TypeError("the model has no output head to diagnose")
@@ -114,21 +123,21 @@ def _score_batch(model, sequences, group, n_old, start_id, captured) -> PassStat
         ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
         mask[row, : len(sequences[i]) + 1] = 1
     captured.clear()
-    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits.to(torch.float32)
+    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+    old = logits[..., :n_old]  # a view: reductions below never copy the [tokens x vocabulary] logits
     valid = mask[:, 1:].bool()
-    old = logits[..., :n_old][valid]
-    target = ids[:, 1:][valid]
+    target = ids[:, 1:]
     is_old = target < n_old
-    target_logit = torch.full(target.shape, math.nan)
-    target_logit[is_old] = old[is_old].gather(1, target[is_old, None]).squeeze(1)
+    target_logit = old.gather(2, target.clamp_max(n_old - 1).unsqueeze(2)).squeeze(2).to(torch.float32)
+    target_logit = torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan))
     doc = torch.tensor(group).unsqueeze(1).expand_as(valid)[valid]
     index = torch.arange(width).unsqueeze(0).expand_as(valid)[valid]
     return PassStats(
         hidden=captured[-1].to(torch.float32)[valid],
-        log_z=torch.logsumexp(old, dim=-1),
-        max_logit=old.max(dim=-1).values,
-        target=target,
-        target_logit=target_logit,
+        log_z=torch.logsumexp(old, dim=-1).to(torch.float32)[valid],
+        max_logit=old.max(dim=-1).values.to(torch.float32)[valid],
+        target=target[valid],
+        target_logit=target_logit[valid],
         doc=doc,
         index=index,
     )
