@@ -6,12 +6,13 @@ bias (Phi), and padded beyond the tokenizer (Llama with spare rows, as Qwen ship
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PhiConfig, PhiForCausalLM, PreTrainedTokenizerFast
 
 TINY_TEXT = [
@@ -40,8 +41,28 @@ def train_byte_level_bpe(vocab_size: int = 400) -> Tokenizer:
     return tok
 
 
+def train_sentencepiece_bpe(vocab_size: int = 400) -> Tokenizer:
+    """A SentencePiece-style BPE (spaces as "▁", byte fallback), as in Gemma and Llama 2, trained on TINY_TEXT.
+
+    The 256 byte-fallback entries "<0x00>".."<0xFF>" are plain vocabulary entries, as in Gemma.
+    """
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>", "<pad>"], show_progress=False)
+    tok.train_from_iterator(TINY_TEXT * 5, trainer=trainer)
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    for i in range(256):
+        vocab.setdefault(f"<0x{i:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
 def wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<pad>")
+    eos = "<|endoftext|>" if backend.token_to_id("<|endoftext|>") is not None else "<eos>"
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token="<pad>")
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,11 @@ def add_expand_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tie-policy", choices=["output", "input", "untie"], default=DEFAULTS.tie_policy,
                         help="tied models: which strategy sets the shared row, or untie (default: %(default)s)")
     parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
+    parser.add_argument("--kind", choices=["vocab", "added"], default=DEFAULTS.kind,
+                        help="vocab: real vocabulary entries (words); added: added tokens (control strings)")
+    for flag in ("special", "lstrip", "rstrip", "single_word", "normalized"):
+        parser.add_argument(f"--{flag.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                            default=getattr(DEFAULTS, flag), help=f"added-token mode: {flag} (default: %(default)s)")
 
 
 def expand_config(args: argparse.Namespace) -> ExpandConfig:

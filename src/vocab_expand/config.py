@@ -40,6 +40,11 @@ class ExpandConfig:
     kind: TokenKind = "vocab"
     # Added-token mode only: never special by default, since servers skip special tokens when decoding.
     special: bool = False
+    # Added-token mode only, the flags tokenizers know. Control strings match the raw text exactly by default.
+    lstrip: bool = False
+    rstrip: bool = False
+    single_word: bool = False
+    normalized: bool = False
     # Leave the caller's model and tokenizer untouched unless asked.
     inplace: bool = False
 

@@ -28,9 +28,11 @@ from .tokenization import (
     Skipped,
     check_words,
     next_free_id,
+    plan_added_tokens,
     plan_words,
     tokenizer_from_spec,
     tokenizer_spec,
+    with_added_tokens,
 )
 from .families import NewEntry, detect_family
 
@@ -88,17 +90,24 @@ def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config
     word_list = check_words(words)
     start = time.perf_counter()
     spec = tokenizer_spec(tokenizer)
-    family = detect_family(spec)
-    plan = plan_words(family, word_list, config.forms)
     first_id = next_free_id(spec)
     if first_id != len(tokenizer):
         raise ValueError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
-    new_ids = list(range(first_id, first_id + len(plan.entries)))
-    if plan.entries:
-        new_tokenizer = tokenizer_from_spec(tokenizer, family.extend(list(zip(plan.entries, new_ids))))
+    if config.kind == "added":
+        family_name, plan = "added", plan_added_tokens(tokenizer, word_list)
     else:
+        family = detect_family(spec)
+        family_name, plan = family.name, plan_words(family, word_list, config.forms)
+    new_ids = list(range(first_id, first_id + len(plan.entries)))
+    if not plan.entries:
         new_tokenizer = tokenizer if config.inplace else copy.deepcopy(tokenizer)
-    return TokenPlan(new_tokenizer, family.name, len(tokenizer), len(word_list), plan.entries, new_ids,
+    elif config.kind == "added":
+        flags = dict(lstrip=config.lstrip, rstrip=config.rstrip, single_word=config.single_word,
+                     normalized=config.normalized)
+        new_tokenizer = with_added_tokens(tokenizer, plan.entries, flags, config.special)
+    else:
+        new_tokenizer = tokenizer_from_spec(tokenizer, family.extend(list(zip(plan.entries, new_ids))))
+    return TokenPlan(new_tokenizer, family_name, len(tokenizer), len(word_list), plan.entries, new_ids,
                      plan.skipped, time.perf_counter() - start)
 
 

@@ -155,9 +155,14 @@ def load_model(
 
 
 def tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model source, without loading the model's weights (aliases are converted once)."""
-    target, _ = resolve(name_or_path)
-    return AutoTokenizer.from_pretrained(target)
+    """The tokenizer of a model source, without loading or converting the model's weights."""
+    name = str(name_or_path)
+    gguf = bundled_gguf(name) if name in BUNDLED else Path(name).expanduser() if name.endswith(".gguf") else None
+    if gguf is None:
+        return AutoTokenizer.from_pretrained(resolve(name)[0])
+    if not gguf.is_file():
+        raise FileNotFoundError(f"no GGUF file at {gguf}")
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def clear_cache() -> None:

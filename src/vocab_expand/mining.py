@@ -23,6 +23,7 @@ from .corpus import Corpus
 from .families import FORMS_OF, TokenizerFamily
 from .tokenization import family_of
 
+BATCH_DOCUMENTS = 1000
 LETTERS = re.compile(r"[^\W\d_]+")
 WORD_CHARS = re.compile(r"\w+")
 
@@ -104,6 +105,8 @@ def heldout_saving(tokenizer: PreTrainedTokenizerBase, corpus: Corpus, candidate
     """Expected saving on the held-out split: tokens saved by the candidates / tokens of the split now."""
     counts = count_words(corpus.heldout, allow_digits=True)
     saved = sum(counts[(c.word, c.form)] * (c.pieces - 1) for c in candidates)
-    encoded = tokenizer(corpus.heldout, add_special_tokens=False)["input_ids"] if corpus.heldout else []
-    total = sum(len(ids) for ids in encoded)
+    total = 0
+    for start in range(0, len(corpus.heldout), BATCH_DOCUMENTS):  # batches: never all token ids at once
+        batch = corpus.heldout[start : start + BATCH_DOCUMENTS]
+        total += sum(len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"])
     return {"heldout_tokens": total, "tokens_saved": saved, "percent_saved": 100.0 * saved / total if total else 0.0}

@@ -11,12 +11,14 @@ Left out: embeddings (resize.py).
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .families import FORMS_OF, NewEntry, TokenizerFamily, detect_family
@@ -91,6 +93,39 @@ def plan_words(family: TokenizerFamily, words: list[str], forms: str) -> WordPla
         if not added:
             plan.skipped.append(Skipped(word, "; ".join(reasons)))
     return plan
+
+
+def plan_added_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> WordPlan:
+    """Entries for added-token mode: each string as given; skipped when empty, repeated or already one token."""
+    plan = WordPlan()
+    vocab = tokenizer.get_vocab()
+    seen: set[str] = set()
+    for word in words:
+        if not word.strip():
+            plan.skipped.append(Skipped(word, "empty or whitespace-only word"))
+        elif word in seen:
+            plan.skipped.append(Skipped(word, "duplicate of an earlier word"))
+        elif word in vocab:
+            plan.skipped.append(Skipped(word, "already a single token"))
+        else:
+            seen.add(word)
+            pieces = tuple(tokenizer(word, add_special_tokens=False)["input_ids"])
+            if len(pieces) == 1 and tokenizer.decode(pieces) == word:
+                plan.skipped.append(Skipped(word, "already a single token"))
+                continue
+            plan.entries.append(NewEntry(word=word, form="added", token=word, text=word, pieces=pieces))
+    return plan
+
+
+def with_added_tokens(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry], flags: dict[str, bool],
+                      special: bool) -> PreTrainedTokenizerBase:
+    """A copy of the tokenizer with the entries as added tokens carrying ``flags`` (lstrip, rstrip, ...)."""
+    new = copy.deepcopy(tokenizer)
+    tokens = [AddedToken(e.token, special=special, **flags) for e in entries]
+    added = new.add_tokens(tokens, special_tokens=special)
+    if added != len(entries):
+        raise ValueError(f"the tokenizer added {added} of {len(entries)} tokens; some already exist")
+    return new
 
 
 def next_free_id(spec: dict[str, Any]) -> int:

@@ -1,0 +1,148 @@
+"""SentencePiece-style BPE with "▁" and byte fallback (Gemma, Llama 2, Mistral): whole-word "▁word" entries.
+
+The normalizer (or a Metaspace pre-tokenizer) turns spaces into "▁", and nothing splits the text into words,
+so a vocabulary entry alone is unreachable. Appended merges reach it, but their intermediate entries then
+appear inside other words. Instead:
+
+1. A Split pre-tokenizer isolates exactly the new words ("▁Jehoshaphat"), with guards computed per word: no
+   "▁" (and no character that some token joins to a "▁" running into this word) before it, and no letter,
+   digit or mark (and no character c such that some token is a suffix of this word followed by c) after it.
+   With the guards no vocabulary token can span a boundary of the isolated word, so the original tokenization
+   already had token boundaries there and tokenized the span on its own: the new token coarsens exactly
+   those pieces.
+2. BPE `ignore_merges` maps an isolated word, itself a vocabulary entry, to its id.
+3. ignore_merges would also change any pre-token that is exactly an entry the merges do not reproduce
+   (byte-fallback names such as "<0x41>", and a few others in Gemma 3). A second Split, anchored at the start
+   of the pre-token so that it costs O(1), splits off the first original piece of such a pre-token; the rest
+   then tokenizes as it did inside the whole (no merge crossed that boundary), so the result is unchanged.
+
+Measured on Gemma 3 (262,144 entries): one token joins something to "▁" (">▁</"), and 260 entries need
+step 3 (256 byte names and 4 others).
+"""
+
+from __future__ import annotations
+
+import copy
+import unicodedata
+from typing import Any
+
+from .base import NewEntry, TokenizerFamily, register_family, walk
+from .regex_trie import escape, trie_pattern
+
+MARK = "▁"
+
+
+def _is_wordish(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LNM"
+
+
+@register_family
+class SentencePieceBPE(TokenizerFamily):
+    name = "sentencepiece_bpe"
+    summary = "SentencePiece-style BPE with '▁' and byte fallback, as in Gemma, Llama 2, Mistral"
+
+    @classmethod
+    def detects(cls, spec: dict[str, Any]) -> bool:
+        model = spec.get("model") or {}
+        if model.get("type") != "BPE" or any(n.get("type") == "ByteLevel" for n in walk(spec.get("pre_tokenizer"))):
+            return False
+        replaces = any(n.get("type") == "Replace" and n.get("content") == MARK for n in walk(spec.get("normalizer")))
+        metaspace = any(n.get("type") == "Metaspace" for n in walk(spec.get("pre_tokenizer")))
+        return replaces or metaspace
+
+    def normalize(self, text: str) -> str:
+        """The text as the model sees it: normalized and with spaces as "▁" (pre-tokenizers run too)."""
+        normalized = self.backend.normalizer.normalize_str(text) if self.backend.normalizer else text
+        if self.backend.pre_tokenizer is None:
+            return normalized
+        return "".join(p for p, _ in self.backend.pre_tokenizer.pre_tokenize_str(normalized))
+
+    def entry_for(self, word: str, form: str) -> NewEntry | str:
+        if any(ch.isspace() for ch in word) or MARK in word:
+            return "contains whitespace, so it can never be one vocabulary token; add it with kind='added' instead"
+        if not (_is_wordish(word[0]) and _is_wordish(word[-1])):
+            return "must start and end with a letter or digit to be a whole-word entry; use kind='added' instead"
+        text = " " + word if form == "mid" else word
+        token = self.normalize(text)
+        if form == "initial" and token.startswith(MARK):
+            return "this tokenizer prepends '▁' to the first word, so the initial form is the mid form"
+        if token in self.vocab:
+            return "already a single token"
+        pieces = tuple(t.id for t in self.backend.model.tokenize(token))
+        return NewEntry(word=word, form=form, token=token, text=text, pieces=pieces)
+
+    def extend(self, entries: list[tuple[NewEntry, int]]) -> dict[str, Any]:
+        spec = copy.deepcopy(self.spec)
+        for entry, token_id in entries:
+            spec["model"]["vocab"][entry.token] = token_id
+        spec["model"]["ignore_merges"] = True
+        splits = [self.isolating_split([e for e, _ in entries]), *self.conflict_breakers()]
+        existing = spec.get("pre_tokenizer")
+        spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": ([existing] if existing else []) + splits}
+        return spec
+
+    def crossings(self) -> dict[str, dict[str, set[str]]]:
+        """Where vocabulary tokens cross word boundaries, indexed for per-word guards.
+
+        "out": x -> {c}: some token is x + c + ..., x ending in a letter/digit/mark and c not one (a token that
+        starts inside a word ending in x and runs past its end). "into_mark": z -> {y}: some token contains
+        y + "▁" + z with y != "▁". "into_word": z -> {y}: some token contains y + z, y not a letter/digit/mark
+        and z starting with one.
+        """
+        index: dict[str, dict[str, set[str]]] = {"out": {}, "into_mark": {}, "into_word": {}}
+        for token in self.vocab:
+            for i in range(1, len(token)):
+                a, b = token[i - 1], token[i]
+                if _is_wordish(a) and not _is_wordish(b):
+                    index["out"].setdefault(token[:i], set()).add(b)
+                if b == MARK and a != MARK:
+                    index["into_mark"].setdefault(token[i + 1 :], set()).add(a)
+                if _is_wordish(b) and not _is_wordish(a):
+                    index["into_word"].setdefault(token[i:], set()).add(a)
+        return index
+
+    @staticmethod
+    def guards(token: str, index: dict[str, dict[str, set[str]]]) -> tuple[bool, str, str]:
+        """(mid form?, characters that must not precede, characters that must not follow) the isolated token."""
+        after: set[str] = set()
+        for i in range(len(token)):
+            after |= index["out"].get(token[i:], set())
+        mid = token.startswith(MARK)
+        core = token[1:] if mid else token
+        before = {MARK}
+        for z, chars in index["into_mark" if mid else "into_word"].items():
+            if core.startswith(z) or z.startswith(core):
+                before |= chars
+        return mid, "".join(sorted(before)), "".join(sorted(after))
+
+    def isolating_split(self, entries: list[NewEntry]) -> dict[str, Any]:
+        index = self.crossings()
+        groups: dict[tuple[bool, str, str], list[str]] = {}
+        for entry in entries:
+            groups.setdefault(self.guards(entry.token, index), []).append(entry.token)
+        alternatives = []
+        for (mid, before, after), tokens in sorted(groups.items()):
+            wordish = "" if mid else "\\p{L}\\p{N}\\p{M}"  # an initial form must not continue a word
+            behind = "(?<![" + wordish + "".join(escape(c) for c in before) + "])"
+            ahead = "(?![\\p{L}\\p{N}\\p{M}" + "".join(escape(c) for c in after) + "])"
+            alternatives.append(behind + trie_pattern(tokens) + ahead)
+        return {"type": "Split", "pattern": {"Regex": "|".join(alternatives)}, "behavior": "Isolated", "invert": False}
+
+    def conflict_breakers(self) -> list[dict[str, Any]]:
+        """Split stages that split off, one original piece per stage, any pre-token that ignore_merges would
+        map to one entry while the merges give several pieces; stages repeat while a remainder still would."""
+        added = {t["content"] for t in self.spec.get("added_tokens", [])}
+        pending = []  # (text of the pre-token, end offsets of its original pieces)
+        for token in self.vocab:
+            if token not in added:  # added tokens are matched before any pre-tokenization
+                pieces = self.backend.model.tokenize(token)
+                if [t.value for t in pieces] != [token]:  # a byte-fallback piece's value is not its text
+                    pending.append((token, [t.offsets[1] for t in pieces]))
+        stages = []
+        while pending:
+            alternatives = [escape(t[: ends[0]]) + "(?=" + escape(t[ends[0]:]) + "\\z)" for t, ends in pending]
+            stages.append({"type": "Split", "pattern": {"Regex": "\\A(?:" + "|".join(alternatives) + ")"},
+                           "behavior": "Isolated", "invert": False})
+            rests = [(t[ends[0]:], [e - ends[0] for e in ends[1:]]) for t, ends in pending]
+            pending = [(r, ends) for r, ends in rests if len(ends) > 1 and r in self.vocab]
+        return stages
