@@ -4,10 +4,15 @@ from __future__ import annotations
 
 
 def assert_coarsening(old_tok, new_tok, text: str, new_ids: set[int]) -> None:
-    """Every new id stands for exactly a run of old ids that decodes to the same string; the rest is equal."""
+    """Every new id stands for exactly a run of old ids that decodes to the same string; the rest is equal.
+
+    Round trip: exact wherever the original tokenizer round-trips (the GGUF-converted SmolLM2 tokenizer itself
+    loses some unassigned code points, e.g. U+40000); elsewhere the same decoded text as the original's.
+    """
     old_ids = old_tok(text, add_special_tokens=False)["input_ids"]
     ids = new_tok(text, add_special_tokens=False)["input_ids"]
-    assert new_tok.decode(ids) == text
+    old_text = old_tok.decode(old_ids)
+    assert new_tok.decode(ids) == (text if old_text == text else old_text)
     i = 0
     for token in ids:
         if token in new_ids:

@@ -14,23 +14,29 @@ def escape(text: str) -> str:
     return "".join("\\" + ch if ch in _SPECIAL else ch for ch in text)
 
 
-def trie_pattern(words: list[str]) -> str:
-    """A non-capturing pattern matching exactly the given non-empty strings (longest alternatives first)."""
+def trie_pattern(words: list[str], suffixes: dict[str, str] | None = None) -> str:
+    """A non-capturing pattern matching exactly the given non-empty strings.
+
+    ``suffixes`` may give, per word, a zero-width pattern (a lookahead) that must hold where that word ends;
+    it is placed at the word's leaf, so words with different guards still share one trie.
+    """
     if not words or any(not w for w in words):
         raise ValueError("trie_pattern needs non-empty strings")
+    suffixes = suffixes or {}
     trie: dict = {}
     for word in words:
         node = trie
         for ch in word:
             node = node.setdefault(ch, {})
-        node[""] = {}
+        node[""] = suffixes.get(word, "")
     return _node_pattern(trie)
 
 
 def _node_pattern(node: dict) -> str:
-    ends = "" in node
+    end = node.get("")
     branches = [escape(ch) + _node_pattern(child) for ch, child in sorted(node.items()) if ch != ""]
-    if not branches:
-        return ""
-    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-    return f"(?:{body})?" if ends else body
+    if end is not None:
+        branches.append(end)  # the word ends here; an empty branch when it has no guard
+    if len(branches) == 1:
+        return branches[0]
+    return "(?:" + "|".join(branches) + ")"

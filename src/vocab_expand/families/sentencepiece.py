@@ -12,9 +12,11 @@ appear inside other words. Instead:
    those pieces.
 2. BPE `ignore_merges` maps an isolated word, itself a vocabulary entry, to its id.
 3. ignore_merges would also change any pre-token that is exactly an entry the merges do not reproduce
-   (byte-fallback names such as "<0x41>", and a few others in Gemma 3). A second Split, anchored at the start
-   of the pre-token so that it costs O(1), splits off the first original piece of such a pre-token; the rest
-   then tokenizes as it did inside the whole (no merge crossed that boundary), so the result is unchanged.
+   (byte-fallback names such as "<0x41>", and a few others in Gemma 3). A document that is exactly such a
+   string is split by anchored Splits that run before the word split (one match attempt per document): each
+   splits off the first original piece, and the rest tokenizes as it did inside the whole (no merge crossed
+   that boundary), so the result is unchanged. The word split itself is guarded so that it never leaves a
+   chunk that is exactly such a string.
 
 Measured on Gemma 3 (262,144 entries): one token joins something to "▁" (">▁</"), and 260 entries need
 step 3 (256 byte names and 4 others).
@@ -76,7 +78,11 @@ class SentencePieceBPE(TokenizerFamily):
         for entry, token_id in entries:
             spec["model"]["vocab"][entry.token] = token_id
         spec["model"]["ignore_merges"] = True
-        splits = [self.isolating_split([e for e, _ in entries]), *self.conflict_breakers()]
+        conflicts = self.conflicts()
+        words = self.word_pattern([e for e, _ in entries], [t for t, _ in conflicts])
+        # Breakers first, on whole documents (one anchored match attempt each); the word split after them is
+        # guarded so that it never leaves a chunk that is exactly a conflict string.
+        splits = [*self.conflict_breakers(conflicts, words), _split(words)]
         existing = spec.get("pre_tokenizer")
         spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": ([existing] if existing else []) + splits}
         return spec
@@ -115,34 +121,67 @@ class SentencePieceBPE(TokenizerFamily):
                 before |= chars
         return mid, "".join(sorted(before)), "".join(sorted(after))
 
-    def isolating_split(self, entries: list[NewEntry]) -> dict[str, Any]:
+    def word_pattern(self, entries: list[NewEntry], conflicts: list[str]) -> str:
+        """The regex of all new words with their guards. Words are grouped by form and left guard (in practice
+        one or two groups); each group is one trie whose leaves carry the word's own right guard, and a
+        mid-form group starts with the literal "▁" so the regex engine can jump between candidate positions.
+        After a word there must not be a whole conflict string (up to the end, a "▁" or a letter): isolating
+        the word would leave that string as a chunk of its own."""
         index = self.crossings()
-        groups: dict[tuple[bool, str, str], list[str]] = {}
+        not_after = ""
+        if conflicts:
+            not_after = "(?!" + trie_pattern(conflicts) + "(?:\\z|" + escape(MARK) + "|[\\p{L}\\p{N}\\p{M}]))"
+        groups: dict[tuple[bool, str], dict[str, str]] = {}
         for entry in entries:
-            groups.setdefault(self.guards(entry.token, index), []).append(entry.token)
-        alternatives = []
-        for (mid, before, after), tokens in sorted(groups.items()):
-            wordish = "" if mid else "\\p{L}\\p{N}\\p{M}"  # an initial form must not continue a word
-            behind = "(?<![" + wordish + "".join(escape(c) for c in before) + "])"
+            mid, before, after = self.guards(entry.token, index)
             ahead = "(?![\\p{L}\\p{N}\\p{M}" + "".join(escape(c) for c in after) + "])"
-            alternatives.append(behind + trie_pattern(tokens) + ahead)
-        return {"type": "Split", "pattern": {"Regex": "|".join(alternatives)}, "behavior": "Isolated", "invert": False}
+            groups.setdefault((mid, before), {})[entry.token] = ahead
+        alternatives = []
+        for (mid, before), guards in sorted(groups.items()):
+            excluded = "".join(escape(c) for c in before)
+            if mid:  # "▁" first, then look back past it for a forbidden character
+                rests = {t[1:]: g for t, g in guards.items()}
+                alternatives.append(escape(MARK) + "(?<![" + excluded + "]" + escape(MARK) + ")"
+                                    + trie_pattern(list(rests), rests) + not_after)
+            else:  # an initial form must not continue a word either
+                alternatives.append("(?<![\\p{L}\\p{N}\\p{M}" + excluded + "])" + trie_pattern(list(guards), guards)
+                                    + not_after)
+        return "|".join(alternatives)
 
-    def conflict_breakers(self) -> list[dict[str, Any]]:
-        """Split stages that split off, one original piece per stage, any pre-token that ignore_merges would
-        map to one entry while the merges give several pieces; stages repeat while a remainder still would."""
+    def conflicts(self) -> list[tuple[str, list[int]]]:
+        """Entries that ignore_merges would map to one token while the merges give several pieces, with the
+        end offsets of those pieces. Added tokens are left out: they are matched before pre-tokenization."""
         added = {t["content"] for t in self.spec.get("added_tokens", [])}
-        pending = []  # (text of the pre-token, end offsets of its original pieces)
+        found = []
         for token in self.vocab:
-            if token not in added:  # added tokens are matched before any pre-tokenization
+            if token not in added:
                 pieces = self.backend.model.tokenize(token)
                 if [t.value for t in pieces] != [token]:  # a byte-fallback piece's value is not its text
-                    pending.append((token, [t.offsets[1] for t in pieces]))
-        stages = []
+                    found.append((token, [t.offsets[1] for t in pieces]))
+        return found
+
+    @staticmethod
+    def conflict_breakers(conflicts: list[tuple[str, list[int]]], words: str) -> list[dict[str, Any]]:
+        """Split stages for whole documents, run before the word split.
+
+        First, a document that starts with a conflict string directly followed by a new word (which the word
+        split will isolate) is split there: no token crosses that point, as the word's left guard holds.
+        Then, one original piece per stage, a pre-token equal to a conflict string is split apart; stages
+        repeat while a remainder is itself an entry that would be collapsed.
+        """
+        if not conflicts:
+            return []
+        strings = [t for t, _ in conflicts]
+        stages = [_split("\\A" + trie_pattern(strings) + "(?=" + words + ")")]
+        pending = list(conflicts)
         while pending:
             alternatives = [escape(t[: ends[0]]) + "(?=" + escape(t[ends[0]:]) + "\\z)" for t, ends in pending]
-            stages.append({"type": "Split", "pattern": {"Regex": "\\A(?:" + "|".join(alternatives) + ")"},
-                           "behavior": "Isolated", "invert": False})
+            stages.append(_split("\\A(?:" + "|".join(alternatives) + ")"))
             rests = [(t[ends[0]:], [e - ends[0] for e in ends[1:]]) for t, ends in pending]
-            pending = [(r, ends) for r, ends in rests if len(ends) > 1 and r in self.vocab]
+            pending = [(r, ends) for r, ends in rests if len(ends) > 1 and any(r == t for t, _ in conflicts)]
         return stages
+
+
+def _split(pattern: str) -> dict[str, Any]:
+    """A tokenizers Split pre-tokenizer that isolates every match of ``pattern``."""
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
