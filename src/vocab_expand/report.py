@@ -102,6 +102,12 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_kl(diagnosis: "Diagnosis", path: Path) -> None:
     """One histogram per strategy of per-prefix KL, on a log-scale axis, with the Hewitt bound marked."""
     plt = _pyplot()
@@ -122,9 +128,7 @@ def plot_kl(diagnosis: "Diagnosis", path: Path) -> None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.suptitle(f"{diagnosis.figures['label']}: per-prefix KL", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_log_z(diagnosis: "Diagnosis", path: Path) -> None:
@@ -135,9 +139,7 @@ def plot_log_z(diagnosis: "Diagnosis", path: Path) -> None:
     ax.set_xlabel("log Z (log-partition over the old vocabulary)")
     ax.set_ylabel("prefixes")
     ax.set_title(f"{diagnosis.figures['label']}: a new logit of 0 takes e^0/(e^0+Z) of the mass", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_bpc(diagnosis: "Diagnosis", path: Path) -> None:
@@ -152,6 +154,4 @@ def plot_bpc(diagnosis: "Diagnosis", path: Path) -> None:
     for bar, value in zip(bars, values):
         ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
     ax.set_title(f"{diagnosis.figures['label']}: bits per character", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
