@@ -30,15 +30,19 @@ def test_flags_saved_and_reloaded_exactly(tiny_tokenizer, tmp_path, flags):
 
 
 def test_control_strings_are_one_token_and_not_skipped_when_decoding(tiny_tokenizer):
-    result = expand(make_model("tied", len(tiny_tokenizer)), tiny_tokenizer, CONTROL, kind="added")
+    result = expand(make_model("untied", len(tiny_tokenizer)), tiny_tokenizer, CONTROL, kind="added")
     tok = result.tokenizer
     ids = tok("x <tool_call>{} [ANSWER] y", add_special_tokens=False)["input_ids"]
     assert [i for i in ids if i in result.new_token_ids] == result.new_token_ids
     assert tok.decode(ids, skip_special_tokens=True) == "x <tool_call>{} [ANSWER] y"
-    # input rows from the strings' old pieces (subword), by default
+    # input rows from the strings' old pieces (subword), output rows the mean, by default
     weight = result.model.get_input_embeddings().weight
-    assert torch.allclose(weight[result.new_token_ids[0]], weight[result.pieces[0]].mean(0), atol=1e-6) or \
-        result.report["tied"]
+    head = result.model.get_output_embeddings().weight
+    n = len(tiny_tokenizer)
+    assert len(result.pieces[0]) > 1
+    for token_id, pieces in zip(result.new_token_ids, result.pieces):
+        assert torch.allclose(weight[token_id], weight[pieces].mean(0), atol=1e-6)
+        assert torch.allclose(head[token_id], head[:n].mean(0), atol=1e-6)
 
 
 def test_special_when_asked(tiny_tokenizer):

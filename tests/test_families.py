@@ -86,7 +86,8 @@ def test_save_and_reload_identical(expanded, tmp_path):
 def test_conflicting_entries_keep_their_tokenization(expanded):
     """Pre-tokens equal to entries the merges never produce (byte-fallback names) are not collapsed."""
     name, tokenizer, plan = expanded
-    for text in ("<0x41>", "Jehoshaphat<0x41> Jehoshaphat", " yyyy", "<0x0A>\n<0xFF>"):
-        assert plan.tokenizer(text, add_special_tokens=False)["input_ids"][-6:] == \
-            tokenizer(text, add_special_tokens=False)["input_ids"][-6:] or any(w in text for w in WORDS)
-        assert plan.tokenizer.decode(plan.tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    for text in ("<0x41>", " yyyy", "<0x0A>\n<0xFF>", "x <0x41> y"):
+        assert plan.tokenizer(text, add_special_tokens=False)["input_ids"] == \
+            tokenizer(text, add_special_tokens=False)["input_ids"], text
+    for text in ("Jehoshaphat<0x41> Jehoshaphat", "<0x41> Jehoshaphat", " Jehoshaphat yyyy"):
+        assert_coarsening(tokenizer, plan.tokenizer, text, set(plan.new_token_ids))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -163,8 +162,3 @@ def tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTraine
     if not gguf.is_file():
         raise FileNotFoundError(f"no GGUF file at {gguf}")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-
-
-def clear_cache() -> None:
-    """Remove every converted model from the cache folder."""
-    shutil.rmtree(cache_dir(), ignore_errors=True)
