@@ -72,7 +72,7 @@ def test_cli_defaults_and_choices_come_from_the_library():
         DEFAULTS.input_init, DEFAULTS.output_init, DEFAULTS.seed, DEFAULTS.tie_policy)
     action = next(a for a in build_parser()._subparsers._group_actions[0].choices["expand"]._actions
                   if a.dest == "input_init")
-    assert sorted(action.choices) == sorted(STRATEGIES)
+    assert sorted(action.choices) == sorted([*STRATEGIES, "auto"])
 
 
 def test_mine_writes_words_file(model_dir, tmp_path, capsys):

@@ -228,4 +228,8 @@ def test_bad_input_is_a_clear_error_or_a_reported_skip(tiny_tokenizer):
 
 def test_config_defaults_are_the_documented_ones():
     config = ExpandConfig()
-    assert (config.input_init, config.output_init, config.seed, config.pad_to_multiple_of) == ("subword", "mean", 0, None)
+    assert (config.input_init, config.output_init, config.seed, config.pad_to_multiple_of) == ("auto", "auto", 0, None)
+    assert (config.resolved(False).input_init, config.resolved(False).output_init) == ("subword", "mean")
+    assert (config.resolved(True).input_init, config.resolved(True).output_init) == ("distill", "fit")
+    explicit = ExpandConfig(input_init="zeros", output_init="mean").resolved(True)
+    assert (explicit.input_init, explicit.output_init) == ("zeros", "mean")

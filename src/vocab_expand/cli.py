@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import DEFAULTS, ExpandConfig
+from .config import AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, ExpandConfig
 from .strategies import STRATEGIES
 
 Runner = Callable[[argparse.Namespace], int]
@@ -59,15 +59,22 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_expand_args(parser: argparse.ArgumentParser) -> None:
     """Expansion options, each default read from ExpandConfig."""
-    choices = sorted(STRATEGIES)
-    parser.add_argument("--input-init", choices=choices, default=DEFAULTS.input_init, help="input rows (default: %(default)s)")
-    parser.add_argument("--output-init", choices=choices, default=DEFAULTS.output_init, help="output rows (default: %(default)s)")
+    choices = [AUTO, *sorted(STRATEGIES)]
+    auto = f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus, {'/'.join(AUTO_WITHOUT_TEXT)} without"
+    parser.add_argument("--input-init", choices=choices, default=DEFAULTS.input_init, help=f"input rows (default: {auto})")
+    parser.add_argument("--output-init", choices=choices, default=DEFAULTS.output_init, help=f"output rows (default: {auto})")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="(default: %(default)s)")
     parser.add_argument("--pad-to-multiple-of", type=int, default=DEFAULTS.pad_to_multiple_of)
     parser.add_argument("--forms", choices=["mid", "initial", "both"], default=DEFAULTS.forms,
                         help="word forms to add: ' word' (mid), 'word' (initial) or both (default: %(default)s)")
-    parser.add_argument("--tie-policy", choices=["output", "input", "untie"], default=DEFAULTS.tie_policy,
-                        help="tied models: which strategy sets the shared row, or untie (default: %(default)s)")
+    parser.add_argument("--tie-policy", choices=["auto", "output", "input", "untie"], default=DEFAULTS.tie_policy,
+                        help="tied models: which strategy sets the shared row, or untie; auto unties for fit/distill "
+                             "(default: %(default)s)")
+    parser.add_argument("--fit-max-positions", type=int, default=DEFAULTS.fit_max_positions,
+                        help="fit/distill: cap on cached positions of domain text (memory and time; default: %(default)s)")
+    parser.add_argument("--fit-reg", type=float, default=DEFAULTS.fit_reg,
+                        help="fit: L2 pull toward the mean row (default: chosen on a calibration slice)")
+    parser.add_argument("--distill-epochs", type=int, default=DEFAULTS.distill_epochs, help="(default: %(default)s)")
     parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
     parser.add_argument("--kind", choices=["vocab", "added"], default=DEFAULTS.kind,
                         help="vocab: real vocabulary entries (words); added: added tokens (control strings)")
@@ -86,11 +93,14 @@ def build_expand(parser: argparse.ArgumentParser):
     add_model_args(parser)
     parser.add_argument("--words", help="file with one word a line")
     parser.add_argument("--word", action="append", help="a word to add (repeatable)")
+    parser.add_argument("--corpus", help="domain text for fit/distill (kjv, a .txt/.jsonl file or a folder; its "
+                                         "train split is used). With it, the default rows are distill/fit")
     add_expand_args(parser)
     parser.add_argument("-o", "--output", required=True, help="output folder (a loadable transformers model)")
     parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
 
     def run(args: argparse.Namespace) -> int:
+        from .corpus import load_corpus
         from .expansion import expand
         from .io import check_output_dir
         from .loading import load_model
@@ -98,15 +108,67 @@ def build_expand(parser: argparse.ArgumentParser):
         check_output_dir(args.output, args.force)
         words = read_words(args)
         config = expand_config(args)
+        corpus = load_corpus(args.corpus) if args.corpus else None
         model, tokenizer = load_model(args.model)
-        result = expand(model, tokenizer, words, **dataclasses.asdict(config) | {"inplace": True})
+        result = expand(model, tokenizer, words, corpus=corpus, progress=True,
+                        **dataclasses.asdict(config) | {"inplace": True})
         result.report["model"] = args.model
+        result.report["corpus"] = args.corpus
         result.save(args.output, force=args.force)
         print(f"added {len(result.new_tokens)} tokens ({result.report['input_strategy']} input rows, "
               f"{result.report['output_strategy']} output rows); skipped {len(result.skipped)}")
         for skip in result.skipped:
             print(f"  skipped {skip.word!r}: {skip.reason}")
         print(f"saved to {args.output}")
+        return 0
+
+    return run
+
+
+@command("compare", "fine-tune with each initialization and show which adapts fastest")
+def build_compare(parser: argparse.ArgumentParser):
+    from .experiments import DEFAULT_COMPARE
+    from .training import TrainConfig
+
+    defaults = TrainConfig()
+    add_model_args(parser)
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
+    parser.add_argument("--words", help="file with one word a line")
+    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_COMPARE), help="comma-separated NAME or INPUT/OUTPUT "
+                        "(default: %(default)s)")
+    parser.add_argument("--twin", action="store_true", help="run on the model's negative-logit twin")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    parser.add_argument("--train", choices=["full", "embeddings", "new_rows"], default=defaults.train,
+                        help="what is trained (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global sequences per step")
+    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
+    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast where supported")
+    parser.add_argument("--eval-tokens", type=int, default=defaults.eval_tokens)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--max-time", type=float, default=defaults.max_time_s, dest="max_time_s",
+                        help="stop after a checkpoint once this many seconds have passed; rerun to resume")
+    parser.add_argument("--save-final", action="store_true", help="keep each strategy's final model")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("-o", "--output", required=True, help="RUNS folder (rerunning the same command resumes)")
+    parser.add_argument("--force", action="store_true", help="replace a folder that holds a different run")
+
+    def run(args: argparse.Namespace) -> int:
+        from .experiments import compare
+
+        train = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+        result = compare(args.model, args.corpus, read_words(args), args.strategies, args.output, twin=args.twin,
+                         force=args.force, **train)
+        for name, row in result.summary().items():
+            reached = row["steps_to_target"]
+            print(f"  {name:14s} bpc {row['bpc_start']:.4f} -> {row['bpc_final']:.4f}  steps to target: "
+                  f"{reached if reached is not None else 'not reached'}  ({result.status[name]})")
+        print(f"report: {args.output}/report.md")
         return 0
 
     return run

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 WordForms = Literal["mid", "initial", "both"]
-TiePolicy = Literal["output", "input", "untie"]
+TiePolicy = Literal["auto", "output", "input", "untie"]
 TokenKind = Literal["vocab", "added"]
 
 
@@ -21,10 +21,11 @@ TokenKind = Literal["vocab", "added"]
 class ExpandConfig:
     """Options of :func:`vocab_expand.expand`."""
 
-    # Meaning for the input side: the mean of the word's old pieces (FVT) keeps what the model knew.
-    input_init: str = "subword"
-    # Safety for the output side: mean rows bound KL(old || new) by log(1 + k/n) on any model (Hewitt).
-    output_init: str = "mean"
+    # "auto": with domain text, distill/fit (measured: held-out bits per character at or below the original
+    # model's, BENCHMARKS.md); without, subword (FVT: the mean of the word's old pieces keeps what the model
+    # knew) and mean (safety: KL(old || new) <= log(1 + k/n) on any model, Hewitt).
+    input_init: str = "auto"
+    output_init: str = "auto"
     # Every random step is seeded: the same seed gives the same bytes.
     seed: int = 0
     # None keeps the smallest row count; a multiple such as 64 helps tensor cores.
@@ -32,8 +33,9 @@ class ExpandConfig:
     # "mid" (" word") is the form that occurs in running text; "both" adds the sentence-initial form too.
     forms: WordForms = "mid"
     # Tied models have one row per token. When the two strategies differ, the output strategy sets it
-    # by default, because the output row is what decides whether the model's distribution survives.
-    tie_policy: TiePolicy = "output"
+    # ("output"), because the output row is what decides whether the model's distribution survives.
+    # "auto" does that too, except that it unties for fit/distill, whose rows only make sense on their side.
+    tie_policy: TiePolicy = "auto"
     # Variance scale s of mean_cov: N(mu, s * Sigma). Small, so rows differ but logits barely move.
     cov_scale: float = 1e-5
     # "vocab": real vocabulary entries, spaces kept. "added": tokenizer added tokens (control strings).
@@ -47,6 +49,23 @@ class ExpandConfig:
     normalized: bool = False
     # Leave the caller's model and tokenizer untouched unless asked.
     inplace: bool = False
+    # fit/distill only. Cap on cached positions (hidden states, P x d floats): 24k is about a minute of
+    # forward passes for SmolLM2 on 2 CPU cores and 55 MB of states, and it bounds memory on any corpus.
+    fit_max_positions: int = 24576
+    # Strength of the L2 pull of fitted output rows toward the mean row; None: chosen on the calibration slice.
+    fit_reg: float | None = None
+    # Share of the sampled training documents kept aside to choose fit_reg and stop distillation early.
+    calibration_fraction: float = 0.2
+    # Expected occurrences per word in the sample: rare words are sampled more often (and weighted down).
+    min_sampled_occurrences: int = 8
+    # Words seen fewer times than this in the fitting part of the sample keep the fallback rows.
+    min_occurrences: int = 2
+    # Distillation: contexts per word, tokens of left context, tokens matched after the word, epochs.
+    # Measured on SmolLM2 (100 words): 8 contexts, 12 tokens, 4 after, 4 epochs take about a minute.
+    distill_contexts: int = 8
+    distill_context_tokens: int = 12
+    distill_window: int = 4
+    distill_epochs: int = 4
 
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of is not None:
@@ -57,15 +76,37 @@ class ExpandConfig:
             if self.pad_to_multiple_of <= 0:
                 raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
         _check_choice("forms", self.forms, ("mid", "initial", "both"))
-        _check_choice("tie_policy", self.tie_policy, ("output", "input", "untie"))
+        _check_choice("tie_policy", self.tie_policy, ("auto", "output", "input", "untie"))
         _check_choice("kind", self.kind, ("vocab", "added"))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         if not self.cov_scale >= 0:
             raise ValueError(f"cov_scale must be >= 0, got {self.cov_scale}")
+        for name in ("fit_max_positions", "min_sampled_occurrences", "distill_contexts", "distill_window"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise ValueError(f"calibration_fraction must be between 0 and 1, got {self.calibration_fraction}")
+        if self.fit_reg is not None and not self.fit_reg >= 0:
+            raise ValueError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.fit_reg}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def resolved(self, has_text: bool) -> "ExpandConfig":
+        """This config with "auto" strategies replaced: distill/fit with domain text, subword/mean without."""
+        auto = AUTO_WITH_TEXT if has_text else AUTO_WITHOUT_TEXT
+        return dataclasses.replace(
+            self,
+            input_init=auto[0] if self.input_init == AUTO else self.input_init,
+            output_init=auto[1] if self.output_init == AUTO else self.output_init,
+        )
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -73,4 +114,7 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+AUTO = "auto"
+AUTO_WITH_TEXT = ("distill", "fit")
+AUTO_WITHOUT_TEXT = ("subword", "mean")
 DEFAULTS = ExpandConfig()

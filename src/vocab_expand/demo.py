@@ -3,7 +3,7 @@
 1. Load the model and corpus; mine the words that save the most tokens.
 2. Diagnose every strategy on the model and on its negative-logit twin (same distribution, all logits below
    -20: the situation of GPT-2 small or Gemma-2b, where zero and random rows collapse generation).
-3. Expand with the default strategies and save the model.
+3. Expand with the defaults for a model with domain text (distill/fit, learned from the train split) and save it.
 4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
    (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 """
@@ -40,7 +40,7 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
                     label=f"{model_name} negative-logit twin")
     del twin_model
     print(table(twin))
-    result = expand(model, tokenizer, words, inplace=True)
+    result = expand(model, tokenizer, words, corpus=corpus, inplace=True, progress=True)  # distill/fit
     with atomic_directory(output, force=force) as tmp:
         result.save(tmp / "model")
         write_json(tmp / "mined.json", {"candidates": [c.to_dict() for c in found], "heldout": saving})

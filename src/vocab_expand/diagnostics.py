@@ -29,22 +29,12 @@ from transformers import PreTrainedTokenizerBase
 
 from . import metrics
 from .corpus import Corpus
-from .expansion import (
-    Expansion,
-    apply_plan,
-    effective_strategies,
-    hewitt_bound,
-    make_config,
-    new_output_rows,
-    plan_tokens,
-    stays_tied,
-)
-from .resize import embedding_layout
+from .expansion import Expansion, NewRows, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
 from .forward import PassStats, head_logits, run_pass
-from .strategies import STRATEGIES
-from .tokenization import check_words
+from .strategies import STRATEGIES, get_strategy
+from .tokenization import check_words, start_token_id
 
-DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean")
+DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
 # Held-out tokens scored by default: about 20 s a pass for SmolLM2 on 2 CPU cores, enough for stable figures.
 MAX_TOKENS = 8000
@@ -128,12 +118,15 @@ def diagnose(
 
     ``strategies``: names or INPUT/OUTPUT pairs (a comma-separated string works too). ``max_tokens`` caps the
     held-out sample. ``bits_per_character=False`` or ``generate=False`` skip those parts (they need extra passes).
-    Other keyword options go to the expansion (ExpandConfig fields such as tie_policy or forms).
+    Other keyword options go to the expansion (ExpandConfig fields such as tie_policy or forms). Strategies
+    that learn from text (fit, distill) learn from ``corpus.train``; figures are always on ``corpus.heldout``.
     """
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
+    for pair in pairs:
+        check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **expand_options), corpus)
     docs = heldout_sample(corpus, tokenizer, max_tokens)
-    runner = _Runner(model, tokenizer, docs, seed, progress, expand_options)
+    runner = _Runner(model, tokenizer, docs, seed, progress, expand_options, corpus)
     runner.check_words_occur(word_list)
     figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
     diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z)
@@ -168,8 +161,10 @@ def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_token
 class _Runner:
     """Shared state of one diagnosis: the original pass, expanded tokenizations, passes per input rows."""
 
-    def __init__(self, model, tokenizer, docs, seed, progress, expand_options):
-        self.model, self.tokenizer, self.docs = model, tokenizer, docs
+    def __init__(self, model, tokenizer, docs, seed, progress, expand_options, corpus=None):
+        self.model, self.tokenizer, self.docs, self.corpus = model, tokenizer, docs, corpus
+        self.rows_by_pair: dict[StrategyPair, NewRows] = {}
+        self.refine_cache: dict = {}
         self.seed, self.progress, self.expand_options = seed, progress, expand_options
         self.n_old = len(tokenizer)
         self.start_id = start_token_id(tokenizer)
@@ -185,8 +180,15 @@ class _Runner:
     def config(self, pair: StrategyPair):
         return make_config(input_init=pair.input, output_init=pair.output, seed=self.seed, **self.expand_options)
 
+    def rows(self, pair: StrategyPair) -> NewRows:
+        """The pair's new rows, computed once (fit and distill learn from the corpus's train split)."""
+        if pair not in self.rows_by_pair:
+            self.rows_by_pair[pair] = new_rows(self.model, self.plan, self.config(pair), self.corpus,
+                                               cache=self.refine_cache, progress=self.progress)
+        return self.rows_by_pair[pair]
+
     def expansion(self, pair: StrategyPair) -> Expansion:
-        return apply_plan(self.model, self.plan, self.config(pair))
+        return apply_plan(self.model, self.plan, self.config(pair), self.rows(pair))
 
     def check_words_occur(self, words: list[str]) -> None:
         """Plan the tokens once; the words must be addable and occur in the sample."""
@@ -226,40 +228,40 @@ class _Runner:
         }
 
     def input_pass(self, pair: StrategyPair) -> PassStats:
-        """Original-pass stats for unchanged documents plus a pass of the expanded model over changed ones.
+        """Original-pass stats for unchanged documents plus a pass with the new input rows over changed ones.
         Cached by the input rows actually used, so strategies sharing them share the pass."""
-        config = self.config(pair)
-        key = effective_strategies(stays_tied(embedding_layout(self.model), config), config)[0].name
+        rows = self.rows(pair)
+        key = rows.input_strategy
         if key not in self.input_passes:
-            expansion = apply_plan(self.model, self.plan, config)
             changed = [self.expanded_ids[i] for i in self.changed]
-            fresh = run_pass(expansion.model, changed, self.n_old, self.start_id, progress=self.progress,
-                             desc=f"input rows: {key}")
+            fresh = run_pass(self.model, changed, self.n_old, self.start_id, progress=self.progress,
+                             desc=f"input rows: {key}", input_rows=rows.input)
             fresh.doc = torch.tensor(self.changed)[fresh.doc]
             keep = ~torch.isin(self.original.doc, torch.tensor(self.changed))
             self.input_passes[key] = PassStats.concat([self.original.select(keep), fresh])
         return self.input_passes[key]
 
     def strategy_figures(self, pair: StrategyPair, with_bpc: bool = True) -> tuple[Tensor, dict[str, Any]]:
-        config = self.config(pair)
-        rows, bias, output_name = new_output_rows(self.model, self.plan, config)
-        input_name = effective_strategies(stays_tied(embedding_layout(self.model), config), config)[0].name
+        rows = self.rows(pair)
         clean = self.original.select(self.clean)
-        new_logits = head_logits(self.model, clean.hidden, rows, bias)
+        new_logits = head_logits(self.model, clean.hidden, rows.head, rows.bias)
         kl = metrics.added_token_kl(clean.log_z, new_logits)
         moved = metrics.moved_probability(clean.log_z, new_logits)
         bound = hewitt_bound(self.k, self.n_old)
         row = {
-            "input_strategy": input_name,
-            "output_strategy": output_name,
+            "input_strategy": rows.input_strategy,
+            "output_strategy": rows.output_strategy,
+            "tied": rows.tied,
             "kl": summarize(kl),
+            "hewitt_bound_nats": bound,
             "within_bound": bool((kl <= bound + 1e-6).all()),
             "share_within_bound": (kl <= bound + 1e-6).double().mean().item(),
             "moved_probability": {"mean": moved.mean().item(), "max": moved.max().item()},
             "new_token_argmax_share": (new_logits.max(dim=-1).values > clean.max_logit).double().mean().item(),
+            **({"data_driven": rows.details} if rows.details else {}),
         }
         if with_bpc:
-            row.update(self.bpc_figures(pair, rows, bias))
+            row.update(self.bpc_figures(pair, rows.head, rows.bias))
         return kl, row
 
     def bpc_figures(self, pair: StrategyPair, rows: Tensor, bias: Tensor | None) -> dict[str, Any]:
@@ -278,14 +280,6 @@ class _Runner:
             "new_token_probability_on_new_targets": torch.exp(target_logit[is_new] - log_z_new[is_new]).mean().item()
             if is_new.any() else math.nan,
         }
-
-
-def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token every document is scored after: BOS, else EOS (a document boundary)."""
-    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
-        if value is not None:
-            return int(value)
-    raise ValueError("the tokenizer has no BOS, EOS or pad token to start documents with")
 
 
 @torch.inference_mode()
@@ -316,6 +310,10 @@ def verdict(name: str, row: dict[str, Any]) -> str:
         return (f"{name}: BROKEN - the new tokens take {100 * moved:.1f}% of the probability on average and are the "
                 f"top prediction on {100 * argmax:.1f}% of prefixes{bpc}.")
     kl = row["kl"]
+    if get_strategy(row["output_strategy"]).needs_corpus:
+        return (f"{name}: FITTED - learned from the domain text, the new tokens take {100 * moved:.2f}% of the "
+                f"probability on prefixes without new words (mean KL {kl['mean']:.2e}, max {kl['max']:.2e} nats; "
+                f"mean rows would stay below {row['hewitt_bound_nats']:.2e}){bpc}.")
     if kl["mean"] > 0.1 or kl["max"] > 1.0:
         return f"{name}: RISKY - mean KL {kl['mean']:.3f}, max {kl['max']:.2f} nats on old-vocabulary prefixes{bpc}."
     if not row["within_bound"]:

@@ -14,14 +14,14 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from . import resize
-from .config import ExpandConfig
+from .config import AUTO, ExpandConfig
 from .io import atomic_directory, write_json
 from .strategies import RowRequest, Strategy, get_strategy
 from .tokenization import (
@@ -35,6 +35,9 @@ from .tokenization import (
     with_added_tokens,
 )
 from .families import NewEntry, detect_family
+
+if TYPE_CHECKING:
+    from .corpus import Corpus
 
 
 @dataclass
@@ -111,11 +114,15 @@ def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config
                      plan.skipped, time.perf_counter() - start)
 
 
-def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig) -> Expansion:
-    """Grow the model's matrices for a token plan (on a copy unless config.inplace)."""
+def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "NewRows | None" = None, *,
+               corpus: "Corpus | Sequence[str] | None" = None, progress: bool = False) -> Expansion:
+    """Grow the model's matrices for a token plan (on a copy unless config.inplace). ``rows`` reuses rows
+    computed before (new_rows); otherwise they are computed here, from ``corpus`` for fit and distill."""
     start = time.perf_counter()
+    config = config.resolved(corpus is not None)
+    rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
     new_model = model if config.inplace else copy.deepcopy(model)
-    rows = grow_embeddings(new_model, plan.tokens_before, plan.pieces, config)
+    facts = grow_embeddings(new_model, plan.tokens_before, rows, config)
     report = {
         "family": plan.family,
         "words_given": plan.words_given,
@@ -124,7 +131,8 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig) -> Expan
         "skipped": [s._asdict() for s in plan.skipped],
         "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
                         "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
-        **rows,
+        **facts,
+        **({"data_driven": rows.details} if rows.details else {}),
         "timings": {"tokenizer_s": plan.seconds, "embeddings_s": time.perf_counter() - start},
         "config": config.to_dict(),
     }
@@ -148,19 +156,23 @@ def expand(
     output_init: str | None = None,
     seed: int | None = None,
     pad_to_multiple_of: int | None = None,
+    *,
+    corpus: "Corpus | Sequence[str] | None" = None,
+    progress: bool = False,
     **options: Any,
 ) -> Expansion:
     """Add ``words`` to ``model`` and ``tokenizer`` as single tokens.
 
-    Input rows come from ``input_init`` and output rows from ``output_init`` (names in STRATEGIES; defaults
-    in ExpandConfig: subword and mean). Other ExpandConfig fields (forms, tie_policy, cov_scale, inplace,
-    ...) are accepted as keyword options. Returns an :class:`Expansion`; words that cannot be added are
-    reported in ``skipped``, never silently dropped.
+    Input rows come from ``input_init`` and output rows from ``output_init`` (names in STRATEGIES; the
+    default "auto" is distill/fit when ``corpus`` is given and subword/mean when not). ``corpus`` (a Corpus,
+    whose train split is used, or documents) is the domain text that `fit` and `distill` learn from. Other ExpandConfig fields (forms, tie_policy,
+    cov_scale, fit_max_positions, inplace, ...) are accepted as keyword options. Returns an
+    :class:`Expansion`; words that cannot be added are reported in ``skipped``, never silently dropped.
     """
     config = make_config(input_init=input_init, output_init=output_init, seed=seed,
-                         pad_to_multiple_of=pad_to_multiple_of, **options)
-    get_strategy(config.input_init), get_strategy(config.output_init)  # unknown names fail before any work
-    return apply_plan(model, plan_tokens(tokenizer, words, config), config)
+                         pad_to_multiple_of=pad_to_multiple_of, **options).resolved(corpus is not None)
+    check_strategies(model, config, corpus)  # bad choices fail before any work
+    return apply_plan(model, plan_tokens(tokenizer, words, config), config, corpus=corpus, progress=progress)
 
 
 def make_config(**given: Any) -> ExpandConfig:
@@ -186,56 +198,111 @@ def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], c
 
 
 def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
-    """A tied model stays tied unless its two strategies differ and tie_policy is "untie"."""
-    return layout.tied and not (config.input_init != config.output_init and config.tie_policy == "untie")
+    """A tied model stays tied unless its two strategies differ and tie_policy is "untie", or is "auto" and
+    one of them learns from text (fit or distill rows only make sense on their own side)."""
+    config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
+    if not layout.tied or config.input_init == config.output_init:
+        return layout.tied
+    data_driven = get_strategy(config.input_init).needs_corpus or get_strategy(config.output_init).needs_corpus
+    return not (config.tie_policy == "untie" or (config.tie_policy == "auto" and data_driven))
 
 
 def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
     """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy."""
+    config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
     chosen = get_strategy(config.input_init), get_strategy(config.output_init)
-    if tied and chosen[0].name != chosen[1].name and config.tie_policy != "untie":
+    if tied and chosen[0].name != chosen[1].name:
         shared = chosen[0] if config.tie_policy == "input" else chosen[1]
         return shared, shared
     return chosen
 
 
-@torch.no_grad()
-def new_output_rows(model: nn.Module, plan: "TokenPlan", config: ExpandConfig) -> tuple[Tensor, Tensor | None, str]:
-    """The output rows [k, d] (and bias [k]) that apply_plan would write, without copying the model."""
+def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
+    """The effective (input, output) strategies; a clear error for a strategy on the wrong side, a
+    data-driven one on a shared row, or one without text."""
+    config = config.resolved(corpus is not None)
     layout = resize.embedding_layout(model)
     tied = stays_tied(layout, config)
-    strategy = effective_strategies(tied, config)[1]
-    head = layout.output.weight.data
-    if tied:  # a tied row is written through the input matrix, with the input's generator
-        request = row_request(model, plan.tokens_before, plan.pieces, config, "input")
-    else:
+    pair = effective_strategies(tied, config)
+    for side, strategy in zip(("input", "output"), pair):
+        if side not in strategy.sides and not (tied and side == "output"):
+            other = "INPUT/fit, e.g. subword/fit or distill/fit" if side == "input" else "distill/OUTPUT, e.g. distill/mean"
+            raise ValueError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only; use {other}")
+    if tied and pair[0].needs_corpus:
+        raise ValueError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
+                         "use tie_policy='auto' or 'untie' with different input and output strategies")
+    if corpus is None and any(s.needs_corpus for s in pair):
+        raise ValueError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
+                         "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
+    return pair
+
+
+@dataclass
+class NewRows:
+    """The rows of the new tokens for one model and config: input [k, d]; output [k, d] and bias [k] when the
+    head has its own rows (None when tied or absent); details: what fit/distill did (sample, choices)."""
+
+    input: Tensor
+    output: Tensor | None
+    bias: Tensor | None
+    tied: bool
+    input_strategy: str
+    output_strategy: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head(self) -> Tensor:
+        """The rows the output head uses: its own, or the shared input rows of a tied model."""
+        return self.input if self.output is None else self.output
+
+
+@torch.no_grad()
+def new_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: "Corpus | Sequence[str] | None" = None,
+             *, cache: dict | None = None, progress: bool = False) -> NewRows:
+    """The new rows apply_plan writes, computed without copying the model. ``cache`` shares the text sample
+    and distilled rows between calls (diagnose compares several strategies on one plan)."""
+    config = config.resolved(corpus is not None)
+    layout = resize.embedding_layout(model)
+    tied = stays_tied(layout, config)
+    inp, out = check_strategies(model, config, corpus)
+    request = row_request(model, plan.tokens_before, plan.pieces, config, "input")
+    rows = NewRows(_rows_of(inp, layout.input.weight.data, request), None, None, tied, inp.name, out.name)
+    if not tied and layout.output is not None:
         request = row_request(model, plan.tokens_before, plan.pieces, config, "output")
-    rows = strategy.rows(head, request)
-    bias = strategy.bias(layout.output.bias.data, request) if layout.has_bias else None
-    return rows, bias, strategy.name
+        rows.output = _rows_of(out, layout.output.weight.data, request)
+        rows.bias = _rows_of(out, layout.output.bias.data, request, is_bias=True) if layout.has_bias else None
+    if (inp.needs_corpus or out.needs_corpus) and plan.pieces:
+        from .refine import refine_rows
+
+        refine_rows(model, plan, config, corpus, rows, cache if cache is not None else {}, progress)
+    return rows
+
+
+def _rows_of(strategy: Strategy, old: Tensor, request: RowRequest, is_bias: bool = False) -> Tensor:
+    """The strategy's rows [k, d] (or bias entries [k]); no call at all for k = 0."""
+    if request.k == 0:
+        return torch.zeros((0, *old.shape[1:]), dtype=torch.float32)
+    return strategy.bias(old, request) if is_bias else strategy.rows(old, request)
 
 
 @torch.no_grad()
-def grow_embeddings(model: nn.Module, tokens_before: int, pieces: list[list[int]], config: ExpandConfig) -> dict[str, Any]:
-    """Grow the model's matrices in place for len(pieces) new tokens; returns the row facts for the report."""
+def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config: ExpandConfig) -> dict[str, Any]:
+    """Grow the model's matrices in place for the new rows; returns the row facts for the report."""
     layout = resize.embedding_layout(model)
-    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, len(pieces), config.pad_to_multiple_of)
-    tied = stays_tied(layout, config)
-    if layout.tied and not tied:
+    k = rows.input.shape[0]
+    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, k, config.pad_to_multiple_of)
+    if layout.tied and not rows.tied:
         resize.untie(model, layout)
-    input_strategy, output_strategy = effective_strategies(tied, config)
     old_input = layout.input.weight
-    request = row_request(model, tokens_before, pieces, config, "input")
-    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, input_strategy, request), old_input)
-    if tied:
+    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, rows.input), old_input)
+    if rows.tied:
         layout.output.weight = layout.input.weight
         layout.output.out_features = plan.new_rows
     elif layout.output is not None:
-        request = row_request(model, tokens_before, pieces, config, "output")
         old_output = layout.output.weight
-        resize.set_weight(layout.output, resize.fill_new_rows(old_output.data, plan, output_strategy, request), old_output)
+        resize.set_weight(layout.output, resize.fill_new_rows(old_output.data, plan, rows.output), old_output)
         if layout.has_bias:
-            new_bias = resize.fill_new_rows(layout.output.bias.data, plan, output_strategy, request, is_bias=True)
+            new_bias = resize.fill_new_rows(layout.output.bias.data, plan, rows.bias, is_bias=True)
             layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
     resize.set_vocab_size(model, plan.new_rows)
     return {
@@ -243,10 +310,10 @@ def grow_embeddings(model: nn.Module, tokens_before: int, pieces: list[list[int]
         "rows_after": plan.new_rows,
         "reused_spare_rows": plan.reused_spare_rows,
         "padding_rows": len(plan.padding_ids),
-        "tied": tied,
-        "input_strategy": input_strategy.name,
-        "output_strategy": output_strategy.name,
-        "hewitt_bound_nats": hewitt_bound(len(pieces) + len(plan.padding_ids), tokens_before),
+        "tied": rows.tied,
+        "input_strategy": rows.input_strategy,
+        "output_strategy": rows.output_strategy,
+        "hewitt_bound_nats": hewitt_bound(k + len(plan.padding_ids), tokens_before),
     }
 
 

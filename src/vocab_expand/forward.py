@@ -58,8 +58,36 @@ def head_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | N
     logits = hidden @ rows.to(torch.float32).T
     if bias is not None:
         logits = logits + bias.to(torch.float32)
-    cap = softcap(model)
+    return capped(logits, softcap(model))
+
+
+def capped(logits: Tensor, cap: float | None) -> Tensor:
+    """Gemma-2-style soft-capping cap * tanh(logits / cap); the logits themselves when cap is None."""
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def embedding_scale(module: nn.Embedding) -> float:
+    """The factor s with module(i) == s * weight[i] (Gemma scales by sqrt(d)); a clear error if it is not a
+    scaled lookup, since new rows are then fed as inputs_embeds."""
+    probe = int(module.weight.detach().norm(dim=1).argmax())
+    row = module.weight.detach()[probe].to(torch.float32)
+    out = module(torch.tensor([probe], device=module.weight.device))[0].detach().to(torch.float32)
+    scale = float(out @ row / (row @ row))
+    if not torch.allclose(out, scale * row, rtol=1e-3, atol=1e-6):
+        raise TypeError(f"{type(module).__name__} is not a (scaled) lookup of its weight rows; "
+                        "fit and distill need one to feed new input rows")
+    return scale
+
+
+def embed_with_rows(model: nn.Module, ids: Tensor, rows: Tensor, n_old: int, scale: float | None = None) -> Tensor:
+    """Input embeddings [B, T, d] of ``ids`` for a model without the new rows: ids >= n_old take ``rows``
+    [k, d] (gradients flow to ``rows`` only), older ids the model's own rows."""
+    module = model.get_input_embeddings()
+    scale = embedding_scale(module) if scale is None else scale
+    is_new = ids >= n_old
+    old = module(torch.where(is_new, torch.zeros_like(ids), ids))
+    new = rows[(ids - n_old).clamp_min(0)] * scale
+    return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)
 
 
 def batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -85,15 +113,18 @@ def run_pass(
     *,
     progress: bool = False,
     desc: str = "forward",
+    input_rows: Tensor | None = None,
 ) -> PassStats:
     """Score every token of every sequence (each prefixed with ``start_id``) and keep per-position stats.
 
     With ``start_id=None`` the sequences are taken as they are: the first token is context only.
+    ``input_rows`` [k, d]: input rows of ids n_old.. for a model that does not have them (fit, distill).
     """
     if start_id is None:
         firsts = {s[0] for s in sequences if s}
         if len(firsts) > 1 or not all(len(s) > 1 for s in sequences):
-            return PassStats.concat([run_pass(model, [s[1:]], n_old, s[0], desc=desc) for s in sequences if len(s) > 1])
+            return PassStats.concat([run_pass(model, [s[1:]], n_old, s[0], desc=desc, input_rows=input_rows)
+                                     for s in sequences if len(s) > 1])
         start_id = firsts.pop()
         sequences = [s[1:] for s in sequences]
     layout = embedding_layout(model)
@@ -107,7 +138,7 @@ def run_pass(
     try:
         groups = batches(lengths, max_tokens)
         for group in tqdm(groups, desc=desc, unit="batch", disable=not progress, mininterval=1.0):
-            parts.append(_score_batch(model, sequences, group, n_old, start_id, captured))
+            parts.append(_score_batch(model, sequences, group, n_old, start_id, captured, input_rows))
     finally:
         hook.remove()
     if not parts:
@@ -115,7 +146,7 @@ def run_pass(
     return PassStats.concat(parts)
 
 
-def _score_batch(model, sequences, group, n_old, start_id, captured) -> PassStats:
+def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=None) -> PassStats:
     width = max(len(sequences[i]) for i in group)
     ids = torch.full((len(group), width + 1), start_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -123,7 +154,11 @@ def _score_batch(model, sequences, group, n_old, start_id, captured) -> PassStat
         ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
         mask[row, : len(sequences[i]) + 1] = 1
     captured.clear()
-    logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+    if input_rows is None:
+        logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+    else:
+        embeds = embed_with_rows(model, ids[:, :-1], input_rows, n_old)
+        logits = model(inputs_embeds=embeds, attention_mask=mask[:, :-1]).logits
     old = logits[..., :n_old]  # a view: reductions below never copy the [tokens x vocabulary] logits
     valid = mask[:, 1:].bool()
     target = ids[:, 1:]

@@ -1,5 +1,6 @@
 """Writing a diagnosis: report.md (tables and one verdict per strategy), diagnosis.json (every figure),
-and PNG figures (KL histograms on a log axis, the log Z histogram, bits per character), atomically.
+and PNG figures (KL histograms on a log axis, the log Z histogram, bits per character), atomically; and
+the adaptation curves of a comparison.
 
 Left out: computing the figures (diagnostics.py).
 """
@@ -17,6 +18,7 @@ from .io import atomic_directory, write_json
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnosis
+    from .experiments import Comparison
 
 
 def write_report(diagnosis: "Diagnosis", path: str | os.PathLike, *, force: bool = False, extra_md: str = "") -> None:
@@ -154,4 +156,32 @@ def plot_bpc(diagnosis: "Diagnosis", path: Path) -> None:
     for bar, value in zip(bars, values):
         ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=7)
     ax.set_title(f"{diagnosis.figures['label']}: bits per character", fontsize=10)
+    _save(plt, fig, path)
+
+
+def plot_curves(comparison: "Comparison", folder: Path) -> None:
+    """bits_per_character.png (held-out, one line per strategy, the target dashed) and train_loss.png."""
+    target = (comparison.target_bpc, f"target: final {comparison.reference}")
+    _plot_lines(comparison.evaluations, "bits_per_character", "held-out bits per character (log)",
+                f"{comparison.label}: adaptation by initialization", folder / "bits_per_character.png", target)
+    _plot_lines(comparison.losses, "train_loss", "training loss (nats per token, log)",
+                f"{comparison.label}: training loss", folder / "train_loss.png")
+
+
+def _plot_lines(series: dict[str, list[dict]], key: str, ylabel: str, title: str, path: Path,
+                target: tuple[float | None, str] | None = None) -> None:
+    """One line per name of records[key] against records["step"], on a log axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, records in series.items():
+        if records:
+            ax.plot([r["step"] for r in records], [r[key] for r in records], marker="o" if len(records) < 30 else None,
+                    markersize=3, linewidth=1, label=name)
+    if target and target[0] is not None:
+        ax.axhline(target[0], color="black", linestyle="--", linewidth=0.8, label=target[1])
+    ax.set_yscale("log")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
     _save(plt, fig, path)

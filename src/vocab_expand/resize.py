@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from . import stats
-from .strategies import RowRequest, Strategy
 
 
 @dataclass(frozen=True)
@@ -103,15 +102,12 @@ def grown(old: Tensor, new_rows: int) -> Tensor:
     return out
 
 
-def fill_new_rows(
-    old: Tensor, plan: RowPlan, strategy: Strategy, request: RowRequest, *, is_bias: bool = False
-) -> Tensor:
-    """``old`` [old_rows(, d)] grown to plan.new_rows, with new-token rows from ``strategy`` and padding rows
+def fill_new_rows(old: Tensor, plan: RowPlan, rows: Tensor, *, is_bias: bool = False) -> Tensor:
+    """``old`` [old_rows(, d)] grown to plan.new_rows, with the new tokens' ``rows`` [k(, d)] and padding rows
     from the reference mean. Old rows are untouched; spare rows past the new ones keep their values."""
     # Without growth the spare rows are reused in place (expand() already works on its own copy).
     out = grown(old, plan.new_rows) if plan.new_rows > plan.old_rows else old
     if plan.k:
-        rows = strategy.bias(old, request) if is_bias else strategy.rows(old, request)
         out[plan.new_ids.start : plan.new_ids.stop] = rows.to(out.dtype)
     pad = plan.padding_ids
     if len(pad):

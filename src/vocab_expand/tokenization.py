@@ -151,3 +151,11 @@ def tokenizer_from_spec(tokenizer: PreTrainedTokenizerBase, spec: dict[str, Any]
 
 def family_of(tokenizer: PreTrainedTokenizerBase) -> TokenizerFamily:
     return detect_family(tokenizer_spec(tokenizer))
+
+
+def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token every document is scored after: BOS, else EOS (a document boundary)."""
+    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if value is not None:
+            return int(value)
+    raise ValueError("the tokenizer has no BOS, EOS or pad token to start documents with")

@@ -5,7 +5,7 @@ Importing this package registers every built-in strategy; `STRATEGIES` maps name
 the CLI's choices come from the registry, so it needs no other change.
 """
 
-from . import hf_default, mean, mean_cov, random_normal, subword, zeros  # noqa: F401  (registers them)
+from . import distill, fit, hf_default, mean, mean_cov, random_normal, subword, zeros  # noqa: F401  (registers them)
 from .base import STRATEGIES, RowRequest, Strategy, get_strategy, register_strategy
 
 __all__ = ["STRATEGIES", "RowRequest", "Strategy", "get_strategy", "register_strategy"]

@@ -49,6 +49,10 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     source: ClassVar[str]
+    # Data-driven strategies (fit, distill) refine rows() on domain text; rows() is then their starting point
+    # and the fallback for words seen too rarely. They need a corpus and serve one side only.
+    needs_corpus: ClassVar[bool] = False
+    sides: ClassVar[tuple[str, ...]] = ("input", "output")
 
     @abstractmethod
     def rows(self, old: Tensor, request: RowRequest) -> Tensor:

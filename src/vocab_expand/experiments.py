@@ -1,0 +1,278 @@
+"""`compare`: fine-tune the expanded model under each initialization and show which adapts fastest.
+
+The experiment of Hewitt's post, reproducible on the user's own model and text: for every strategy, expand
+with the same words, then fine-tune on the train split with identical data order, seed and hyperparameters
+(training.py), evaluating held-out bits per character (and token perplexity, and the probability on the new
+tokens) at step 0 and every eval_every steps. Then: steps-to-target, the steps each strategy needs to reach
+the final value of transformers' default (hf_default), a table and a curve plot.
+
+RUNS/ layout: run.json (what was asked; a rerun with the same request resumes), one folder per strategy
+(config.json, metrics.jsonl, checkpoint/, state.json, final/ when asked), comparison.json, report.md,
+bits_per_character.png, train_loss.png.
+
+Left out: the training loop (training.py), the expansion (expansion.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .corpus import Corpus, load_corpus
+from .diagnostics import StrategyPair, heldout_sample, parse_strategies
+from .expansion import apply_plan, make_config, plan_tokens
+from .io import write_json, write_text_atomic
+from .strategies import get_strategy
+from .tokenization import check_words, start_token_id
+from .training import RunFolder, TrainConfig, TrainingData, pack, train_run
+
+DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
+REFERENCE = "hf_default"
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` measured. evaluations[name]: records with step, bits_per_character,
+    token_perplexity, new_token_probability; losses[name]: records with step, train_loss, lr."""
+
+    label: str
+    evaluations: dict[str, list[dict[str, Any]]]
+    losses: dict[str, list[dict[str, Any]]]
+    status: dict[str, str]
+    config: dict[str, Any]
+    reference: str
+    target_bpc: float | None
+    steps_to_target: dict[str, int | None] = field(default_factory=dict)
+    processes: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "processes": self.processes, "reference": self.reference, "target_bpc": self.target_bpc,
+                "steps_to_target": self.steps_to_target, "status": self.status, "config": self.config,
+                "summary": self.summary(), "evaluations": self.evaluations}
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per strategy: bits per character at step 0, final and best; new-token probability at 0 and final."""
+        out = {}
+        for name, records in self.evaluations.items():
+            if records:
+                out[name] = {"bpc_start": records[0]["bits_per_character"], "bpc_final": records[-1]["bits_per_character"],
+                             "bpc_best": min(r["bits_per_character"] for r in records), "final_step": records[-1]["step"],
+                             "new_token_probability_start": records[0]["new_token_probability"],
+                             "new_token_probability_final": records[-1]["new_token_probability"],
+                             "steps_to_target": self.steps_to_target.get(name)}
+        return out
+
+
+def compare(
+    model: str | nn.Module,
+    corpus: str | Corpus,
+    words: Iterable[str],
+    strategies: Iterable[str] | str = DEFAULT_COMPARE,
+    output: str | os.PathLike | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    twin: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    expand_options: dict[str, Any] | None = None,
+    **train_options: Any,
+) -> Comparison:
+    """Expand ``model`` with ``words`` under each strategy and fine-tune each the same way; see the module doc.
+
+    ``model``: a bundled alias, folder, .gguf or hub id, or a loaded model (then pass ``tokenizer``).
+    ``twin=True`` runs on the model's negative-logit twin. ``output``: the RUNS/ folder (a rerun with the
+    same request resumes; a different request needs ``force``). ``train_options``: TrainConfig fields
+    (steps, eval_every, learning_rate, batch_size, train, bf16, max_time_s, ...).
+    """
+    from accelerate import Accelerator
+
+    config = TrainConfig(**train_options)
+    pairs = parse_strategies(strategies)
+    word_list = check_words(words)
+    label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin)
+    options = dict(expand_options or {})
+    for pair in pairs:  # bad choices fail before any work
+        get_strategy(pair.input), get_strategy(pair.output)
+    # cpu=True without a GPU: under a multi-process launcher Accelerate then runs gloo across CPU processes.
+    accelerator = Accelerator(cpu=not _has_gpu(), mixed_precision="bf16" if config.bf16 and _bf16_supported() else "no")
+    request = {"label": label, "corpus": corpus.name, "words": word_list, "strategies": [p.name for p in pairs],
+               "train": config.to_dict(), "expand": options}
+    with _runs_folder(output, request, force, accelerator) as runs:
+        plan = plan_tokens(tokenizer, word_list, make_config(**options))
+        if not plan.entries:
+            raise ValueError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
+        data = training_data(plan, tokenizer, corpus, config)
+        status = {}
+        for pair in pairs:
+            status[pair.name] = _run_strategy(model, plan, pair, corpus, data, config, options,
+                                              RunFolder(runs / folder_name(pair)), accelerator, progress)
+        comparison = collect(runs, pairs, label, status, request)
+        comparison.processes = accelerator.num_processes
+        if accelerator.is_main_process:
+            write_comparison(comparison, runs)
+        accelerator.wait_for_everyone()
+    return comparison
+
+
+def _inputs(model, tokenizer, corpus, twin):
+    from .loading import load_model
+
+    label = model if isinstance(model, str) else type(model).__name__
+    if isinstance(model, str):
+        model, tokenizer = load_model(model)
+    elif tokenizer is None:
+        raise ValueError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
+    corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    if twin:
+        from .testing import negative_logit_twin
+
+        model, label = negative_logit_twin(model, tokenizer, corpus), f"{label} negative-logit twin"
+    return label, model, tokenizer, corpus
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+class _runs_folder:
+    """RUNS/: created, resumed when run.json matches the request, refused (or wiped with force) otherwise.
+    Without an output folder, a temporary one that is removed afterwards."""
+
+    def __init__(self, output, request, force, accelerator):
+        self.output, self.request, self.force, self.accelerator = output, request, force, accelerator
+
+    def __enter__(self) -> Path:
+        if self.output is None:
+            self.tmp = tempfile.mkdtemp(prefix="vocab-expand-compare-")
+            path = Path(self.tmp)
+        else:
+            self.tmp, path = None, Path(self.output)
+        run_file = path / "run.json"
+        if self.accelerator.is_main_process:
+            if path.exists() and not run_file.is_file() and any(path.iterdir()) and not self.force:
+                raise FileExistsError(f"{path} exists and is not a compare run folder; pick another or pass force=True (--force)")
+            if run_file.is_file() and json.loads(run_file.read_text()) != _jsonable(self.request):
+                if not self.force:
+                    raise FileExistsError(f"{path} holds a different compare run (run.json differs); pass force=True "
+                                          "(--force) to replace it, or choose another folder")
+                shutil.rmtree(path)
+            path.mkdir(parents=True, exist_ok=True)
+            write_json(run_file, self.request)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def __exit__(self, *exc):
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+def _jsonable(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def folder_name(pair: StrategyPair) -> str:
+    return pair.name.replace("/", "__")
+
+
+def training_data(plan, tokenizer, corpus: Corpus, config: TrainConfig) -> TrainingData:
+    """The packed train split and the held-out sample, both in the expanded tokenization."""
+    separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else start_token_id(tokenizer)
+    ids = plan.tokenizer(corpus.train, add_special_tokens=False)["input_ids"]
+    docs = heldout_sample(corpus, tokenizer, config.eval_tokens)
+    return TrainingData(rows=pack(ids, config.seq_len, separator),
+                        heldout=plan.tokenizer(docs, add_special_tokens=False)["input_ids"],
+                        characters=sum(len(d) for d in docs), start_id=start_token_id(tokenizer),
+                        first_new=plan.tokens_before, vocabulary=plan.tokens_before + len(plan.entries))
+
+
+def _run_strategy(model, plan, pair, corpus, data, config, options, folder: RunFolder, accelerator, progress) -> str:
+    """Expand and fine-tune one strategy, resuming from its checkpoint; skipped when already finished."""
+    if folder.finished():
+        return "finished"
+    expansion_config = make_config(input_init=pair.input, output_init=pair.output, seed=config.seed, **options)
+    if folder.step():
+        # The checkpoint restores every weight: rebuild only the shapes (and tie) cheaply.
+        tied = json.loads((folder.path / "config.json").read_text())["expansion"]["tied"]
+        shapes = make_config(input_init="zeros", output_init="zeros" if tied else "mean",
+                             tie_policy="output" if tied else "untie", **_without_strategies(options))
+        expansion = apply_plan(model, plan, shapes)
+    else:
+        expansion = apply_plan(model, plan, expansion_config, corpus=corpus, progress=progress)
+        if accelerator.is_main_process:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            write_json(folder.path / "config.json", {"strategy": pair.name, "train": config.to_dict(),
+                                                     "expansion": expansion.report})
+        accelerator.wait_for_everyone()
+    status = train_run(expansion.model, data, config, folder, accelerator, progress=progress, desc=pair.name)
+    if config.save_final and status == "finished" and accelerator.is_main_process:
+        final = folder.path / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        expansion.model = accelerator.unwrap_model(expansion.model)
+        expansion.save(final)
+    accelerator.free_memory()
+    return status
+
+
+def _without_strategies(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in ("input_init", "output_init", "tie_policy")}
+
+
+def collect(runs: Path, pairs: list[StrategyPair], label: str, status: dict[str, str], request: dict) -> Comparison:
+    """A Comparison from the strategy folders' metrics, with steps-to-target against hf_default (or the first)."""
+    evaluations, losses = {}, {}
+    for pair in pairs:
+        records = RunFolder(runs / folder_name(pair)).records()
+        evaluations[pair.name] = [r for r in records if "bits_per_character" in r]
+        losses[pair.name] = [r for r in records if "train_loss" in r]
+    reference = REFERENCE if REFERENCE in evaluations else pairs[0].name
+    final = evaluations[reference][-1]["bits_per_character"] if evaluations[reference] else None
+    steps = {name: next((r["step"] for r in records if final is not None and r["bits_per_character"] <= final), None)
+             for name, records in evaluations.items()}
+    return Comparison(label, evaluations, losses, status, request, reference, final, steps)
+
+
+def write_comparison(comparison: Comparison, runs: Path) -> None:
+    from .report import plot_curves
+
+    write_json(runs / "comparison.json", comparison.to_dict())
+    plot_curves(comparison, runs)
+    write_text_atomic(runs / "report.md", comparison_markdown(comparison))
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    train = comparison.config["train"]
+    lines = [
+        f"# Adaptation: {comparison.label} on {comparison.config['corpus']}", "",
+        f"{len(comparison.config['words'])} words; {train['steps']} steps of {train['batch_size']} x {train['seq_len']} "
+        f"tokens ({train['train']} fine-tuning, lr {train['learning_rate']}, seed {train['seed']}), identical data "
+        f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
+        f"Target: {comparison.reference}'s final bits per character"
+        + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
+        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in comparison.summary().items():
+        reached = row["steps_to_target"]
+        lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
+                     f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
+                     f"{row['new_token_probability_final']:.3f} | {comparison.status.get(name, '')} |")
+    lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
+    return "\n".join(lines)

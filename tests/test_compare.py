@@ -1,0 +1,177 @@
+"""compare: the RUNS/ layout and figures, identical data order, resuming after a kill, two CPU processes under
+accelerate launch, training modes, and the errors users meet. Tiny models built locally."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vocab_expand.experiments import collect, compare
+from vocab_expand.training import RunFolder, TrainConfig, data_order, pack
+
+from conftest import make_model
+
+WORDS = ["Jehoshaphat", "prophets"]
+FAST = dict(steps=6, eval_every=2, batch_size=4, seq_len=16, eval_tokens=200, learning_rate=1e-3, warmup_steps=2)
+STRATEGIES = "hf_default,zeros,mean"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_tokenizer):
+    """A tiny model folder and a corpus folder with both splits."""
+    root = tmp_path_factory.mktemp("compare")
+    for layout, folder in (("untied", "model"), ("tied", "tied_model")):
+        make_model(layout, len(tiny_tokenizer)).save_pretrained(root / folder)
+        tiny_tokenizer.save_pretrained(root / folder)
+    lines = [f"And Jehoshaphat said unto the prophets of Israel, {i} times, go up." for i in range(300)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines), encoding="utf-8")
+    return root
+
+
+def cli(setup: Path, out: Path, *extra: str, env: dict | None = None, launcher: list[str] | None = None):
+    args = ["compare", "--model", str(setup / "model"), "--corpus", str(setup / "corpus.jsonl"), "--word", WORDS[0],
+            "--word", WORDS[1], "--strategies", STRATEGIES, "--steps", "6", "--eval-every", "2", "--batch-size", "4",
+            "--seq-len", "16", "--eval-tokens", "200", "--lr", "1e-3", "--warmup-steps", "2", "-o", str(out), *extra]
+    command = (launcher or [sys.executable, "-m"]) + ["vocab_expand.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def metrics(out: Path, strategy: str) -> list[dict]:
+    return RunFolder(out / strategy).records()
+
+
+def test_runs_folder_figures_and_steps_to_target(setup, tmp_path):
+    out = tmp_path / "runs"
+    result = compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, STRATEGIES, out, progress=False, **FAST)
+    for name in ("run.json", "comparison.json", "report.md", "bits_per_character.png", "train_loss.png"):
+        assert (out / name).is_file(), name
+    for name in ("hf_default", "zeros", "mean"):
+        records = metrics(out, name)
+        assert [r["step"] for r in records if "bits_per_character" in r] == [0, 2, 4, 6]
+        assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+        assert json.loads((out / name / "config.json").read_text())["expansion"]["output_strategy"] == name
+    assert result.reference == "hf_default"
+    assert result.target_bpc == result.evaluations["hf_default"][-1]["bits_per_character"]
+    assert result.steps_to_target["hf_default"] <= 6
+    # Step 0 differs by strategy, every later number comes from the same data: mean and hf_default start apart.
+    starts = {n: result.evaluations[n][0]["bits_per_character"] for n in result.evaluations}
+    assert len(set(starts.values())) == 3
+    assert "| mean |" in (out / "report.md").read_text()
+    # A rerun of the same request finds every strategy finished and changes nothing.
+    again = compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, STRATEGIES, out, progress=False, **FAST)
+    assert again.evaluations == result.evaluations
+
+
+def test_steps_to_target_counts_the_first_evaluation_at_or_below_the_target(tmp_path):
+    from vocab_expand.diagnostics import parse_strategies
+
+    pairs = parse_strategies("hf_default,mean")
+    for name, values in (("hf_default", [3.0, 2.0, 1.5]), ("mean", [2.0, 1.5, 1.2])):
+        (tmp_path / name).mkdir()
+        lines = [{"step": 10 * i, "bits_per_character": v, "token_perplexity": 1.0, "new_token_probability": 0.0}
+                 for i, v in enumerate(values)]
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    found = collect(tmp_path, pairs, "x", {}, {})
+    assert found.target_bpc == 1.5 and found.steps_to_target == {"hf_default": 20, "mean": 10}
+
+
+def test_killed_run_resumes_to_the_same_numbers(setup, tmp_path):
+    straight = tmp_path / "straight"
+    assert cli(setup, straight, "--checkpoint-every", "2").returncode == 0
+    resumed = tmp_path / "resumed"
+    killed = cli(setup, resumed, "--checkpoint-every", "2", env={"VOCAB_EXPAND_CRASH_AFTER_STEP": "3"})
+    assert killed.returncode == 137
+    assert json.loads((resumed / "hf_default" / "state.json").read_text()) == {"step": 2, "finished": False}
+    done = cli(setup, resumed, "--checkpoint-every", "2")
+    assert done.returncode == 0, done.stderr
+    for name in ("hf_default", "zeros", "mean"):
+        a, b = metrics(straight, name), metrics(resumed, name)
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for x, y in zip(a, b):
+            for key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (name, x["step"], key)
+
+
+@pytest.mark.parametrize("folder", ["model", "tied_model"])
+def test_max_time_stops_after_a_checkpoint_and_the_next_run_resumes(setup, tmp_path, folder):
+    """Also on a tied model, whose shared matrix Accelerate saves once."""
+    def run(out, **extra):
+        return compare(str(setup / folder), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False,
+                       **FAST, **extra)
+
+    first = run(tmp_path / "runs", max_time_s=0.0)  # out of time after every step
+    assert first.status["mean"] == "stopped (max_time_s)" and first.evaluations["mean"][-1]["step"] < 6
+    for attempt in range(10):
+        last = run(tmp_path / "runs", max_time_s=0.0)
+        if last.status["mean"] == "finished":
+            break
+    straight = run(tmp_path / "straight")
+    assert [r["step"] for r in last.evaluations["mean"]] == [0, 2, 4, 6]
+    for x, y in zip(last.evaluations["mean"], straight.evaluations["mean"]):
+        assert x["bits_per_character"] == pytest.approx(y["bits_per_character"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(setup, tmp_path):
+    launcher = shutil.which("accelerate")
+    if launcher is None:
+        pytest.fail("accelerate's launcher is missing; it is a dependency of vocab-expand")
+    single = tmp_path / "single"
+    assert cli(setup, single).returncode == 0
+    double = tmp_path / "double"
+    # Accelerate's --cpu launcher starts one process; --multi_gpu starts torch.distributed.run, and without a GPU
+    # vocab-expand's Accelerator(cpu=True) then joins the processes with gloo.
+    done = cli(setup, double, launcher=[launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                        "--mixed_precision", "no", "--dynamo_backend", "no", "-m"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((double / "comparison.json").read_text())["processes"] == 2
+    assert json.loads((single / "comparison.json").read_text())["processes"] == 1
+    for name in ("hf_default", "zeros", "mean"):
+        a = [r for r in metrics(single, name) if "bits_per_character" in r]
+        b = [r for r in metrics(double, name) if "bits_per_character" in r]
+        assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 2, 4, 6]
+        for x, y in zip(a, b):  # the same global batches, summed in another order
+            assert x["bits_per_character"] == pytest.approx(y["bits_per_character"], rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["new_rows", "embeddings"])
+def test_training_modes_touch_only_what_they_train(setup, tmp_path, mode, tiny_tokenizer):
+    out = tmp_path / "runs"
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, train=mode,
+            save_final=True, **FAST)
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(setup / "model")
+    after = AutoModelForCausalLM.from_pretrained(out / "mean" / "final")
+    n = len(tiny_tokenizer)
+    for name, old in before.state_dict().items():
+        new = after.state_dict()[name]
+        is_embedding = "embed_tokens" in name or "lm_head" in name
+        if is_embedding:
+            assert torch.equal(new[:n], old) == (mode == "new_rows"), name
+            assert not torch.allclose(new[n:], old.mean(0).expand_as(new[n:]), atol=1e-4), name  # new rows trained
+        else:
+            assert torch.equal(new, old), name
+
+
+def test_clear_errors(setup, tmp_path):
+    with pytest.raises(ValueError, match="use fewer steps"):
+        data_order(10, TrainConfig(steps=6, batch_size=4))
+    assert torch.equal(data_order(100, TrainConfig(steps=6, batch_size=4)), data_order(100, TrainConfig(steps=6, batch_size=4)))
+    assert pack([[1, 2, 3], [4]], 3, 0).tolist() == [[1, 2, 3], [0, 4, 0]]
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation"):
+        TrainConfig(batch_size=5, gradient_accumulation=2)
+    out = tmp_path / "runs"
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, **FAST)
+    with pytest.raises(FileExistsError, match="different compare run"):
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "zeros", out, progress=False, **FAST)
+    with pytest.raises(ValueError, match="use fewer steps"):
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", tmp_path / "r2", progress=False,
+                **{**FAST, "steps": 5000})
