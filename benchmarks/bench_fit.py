@@ -27,9 +27,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str]) -> dict:
+def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True) -> dict:
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
+    cost = timed_expand(model, tokenizer, words, corpus) if timing else None
+    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False)
+    rows = {name: {"bpc_after": row["bpc_after"], "bpc_change_percent": row["bpc_change_percent"],
+                   "kl_mean": row["kl"]["mean"], "kl_max": row["kl"]["max"],
+                   "moved_mean": row["moved_probability"]["mean"], "within_bound": row["within_bound"],
+                   "tied": row["tied"], **_fit_facts(row)}
+            for name, row in found.strategies.items()}
+    return {"model": model_name, "words": len(words), "k": found.figures["k"],
+            "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
+            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost}
+
+
+def _fit_facts(row: dict) -> dict:
+    details = row.get("data_driven", {})
+    return {"fit_seconds": details.get("fit", {}).get("seconds"), "distill_seconds": details.get("distill", {}).get("seconds"),
+            "fallback_words": len(details.get("fit", details.get("distill", {})).get("fallback_words", []))}
+
+
+def timed_expand(model, tokenizer, words: list[str], corpus) -> dict:
+    """Wall time, steps and peak memory of a plain expand(..., corpus=...) with the defaults (distill/fit)."""
     rss_before = peak_rss_mb()
     began = time.perf_counter()
     result = expand(model, tokenizer, words, corpus=corpus, progress=True)
@@ -45,16 +65,7 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str])
         "fallback_words": {"distill": details["distill"]["fallback_words"], "fit": details["fit"]["fallback_words"]},
         "reg": details["fit"]["reg"],
     }
-    del result
-    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False)
-    rows = {name: {"bpc_after": row["bpc_after"], "bpc_change_percent": row["bpc_change_percent"],
-                   "kl_mean": row["kl"]["mean"], "kl_max": row["kl"]["max"],
-                   "moved_mean": row["moved_probability"]["mean"], "within_bound": row["within_bound"],
-                   "tied": row["tied"]}
-            for name, row in found.strategies.items()}
-    return {"model": model_name, "words": len(words), "k": found.figures["k"],
-            "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
-            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost}
+    return cost
 
 
 def main() -> None:
@@ -63,15 +74,16 @@ def main() -> None:
     parser.add_argument("--words", default="100")
     parser.add_argument("--max-tokens", type=int, default=8000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--no-timing", action="store_true", help="skip the timed expand (rows are computed in diagnose)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     corpus = load_corpus("kjv")
-    results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","))
+    results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing)
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:
-        print(f"{r['model']} k={r['k']}: bpc before {r['bpc_before']:.4f}; distill/fit expand "
-              f"{r['cost']['expand_seconds']:.0f} s")
+        print(f"{r['model']} k={r['k']}: bpc before {r['bpc_before']:.4f}"
+              + (f"; distill/fit expand {r['cost']['expand_seconds']:.0f} s" if r["cost"] else ""))
         for name, row in sorted(r["strategies"].items(), key=lambda kv: kv[1]["bpc_after"]):
             print(f"  {name:14s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")

@@ -175,3 +175,20 @@ def test_clear_errors(setup, tmp_path):
     with pytest.raises(ValueError, match="use fewer steps"):
         compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", tmp_path / "r2", progress=False,
                 **{**FAST, "steps": 5000})
+
+
+def test_gradient_clipping_bounds_each_update(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(setup / "model").state_dict()["model.layers.0.mlp.up_proj.weight"]
+    moved = {}
+    for clip in (1e-9, None):
+        out = tmp_path / str(clip)
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, save_final=True,
+                max_grad_norm=clip, **{**FAST, "learning_rate": 1e-6})
+        after = AutoModelForCausalLM.from_pretrained(out / "mean" / "final").state_dict()["model.layers.0.mlp.up_proj.weight"]
+        moved[clip] = (after - before).abs().max().item()
+    # Adam divides by sqrt(v) + 1e-8: gradients clipped to a norm of 1e-9 fall far below that epsilon, so the
+    # weights barely move, while unclipped ones move by about lr per step.
+    assert moved[None] > 1e-6
+    assert moved[1e-9] < 1e-3 * moved[None]

@@ -145,6 +145,8 @@ def build_compare(parser: argparse.ArgumentParser):
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm,
+                        help="gradient clipping (default: %(default)s, as transformers' Trainer)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global sequences per step")
     parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len)

@@ -16,6 +16,7 @@ Left out: the training loop (training.py), the expansion (expansion.py).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -63,8 +64,9 @@ class Comparison:
         out = {}
         for name, records in self.evaluations.items():
             if records:
+                finite = [r["bits_per_character"] for r in records if math.isfinite(r["bits_per_character"])]
                 out[name] = {"bpc_start": records[0]["bits_per_character"], "bpc_final": records[-1]["bits_per_character"],
-                             "bpc_best": min(r["bits_per_character"] for r in records), "final_step": records[-1]["step"],
+                             "bpc_best": min(finite, default=math.nan), "final_step": records[-1]["step"],
                              "new_token_probability_start": records[0]["new_token_probability"],
                              "new_token_probability_final": records[-1]["new_token_probability"],
                              "steps_to_target": self.steps_to_target.get(name)}

@@ -48,6 +48,9 @@ class TrainConfig:
     learning_rate: float = 5e-5
     warmup_steps: int = 10
     weight_decay: float = 0.0
+    # Gradient-norm clipping, as transformers' Trainer does by default; None turns it off. Without it, zero
+    # rows on a negative-logit model (initial loss ~250 nats) diverged to NaN within 30 steps here.
+    max_grad_norm: float | None = 1.0
     # Global batch in sequences per optimizer step (split over processes and accumulation micro-steps).
     batch_size: int = 8
     gradient_accumulation: int = 1
@@ -281,6 +284,8 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
             loss = model(input_ids=ids, labels=ids).loss / len(micro)
             accelerator.backward(loss)
         total += loss.detach().double()
+    if config.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
