@@ -41,6 +41,24 @@ def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
     assert generated.shape[1] == ids["input_ids"].shape[1] + 3
 
 
+def test_expand_with_a_corpus_fits_rows_and_unties(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)), encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "prophets",
+                 "--corpus", str(corpus), "--fit-max-positions", "3000", "--distill-epochs", "1", "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "distill input rows, fit output rows" in capsys.readouterr().out
+    report = json.loads((out / "expansion.json").read_text())
+    assert (report["config"]["input_init"], report["config"]["output_init"], report["tied"]) == ("distill", "fit", False)
+    assert report["data_driven"]["fit"]["positions"] <= 3 * 3000 and report["corpus"] == str(corpus)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
+    assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--output-init", "fit",
+                 "-o", str(tmp_path / "o2")]) == 2
+    assert "corpus" in capsys.readouterr().err
+
+
 def test_existing_output_needs_force(model_dir, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
