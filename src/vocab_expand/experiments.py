@@ -15,6 +15,7 @@ Left out: the training loop (training.py), the expansion (expansion.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -152,37 +153,29 @@ def _bf16_supported() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
-class _runs_folder:
+@contextlib.contextmanager
+def _runs_folder(output, request: dict, force: bool, accelerator) -> Iterator[Path]:
     """RUNS/: created, resumed when run.json matches the request, refused (or wiped with force) otherwise.
     Without an output folder, a temporary one that is removed afterwards."""
-
-    def __init__(self, output, request, force, accelerator):
-        self.output, self.request, self.force, self.accelerator = output, request, force, accelerator
-
-    def __enter__(self) -> Path:
-        if self.output is None:
-            self.tmp = tempfile.mkdtemp(prefix="vocab-expand-compare-")
-            path = Path(self.tmp)
-        else:
-            self.tmp, path = None, Path(self.output)
-        run_file = path / "run.json"
-        if self.accelerator.is_main_process:
-            if path.exists() and not run_file.is_file() and any(path.iterdir()) and not self.force:
+    tmp = tempfile.mkdtemp(prefix="vocab-expand-compare-") if output is None else None
+    path = Path(tmp or output)
+    run_file = path / "run.json"
+    try:
+        if accelerator.is_main_process:
+            if path.exists() and not run_file.is_file() and any(path.iterdir()) and not force:
                 raise FileExistsError(f"{path} exists and is not a compare run folder; pick another or pass force=True (--force)")
-            if run_file.is_file() and json.loads(run_file.read_text()) != _jsonable(self.request):
-                if not self.force:
+            if run_file.is_file() and json.loads(run_file.read_text()) != _jsonable(request):
+                if not force:
                     raise FileExistsError(f"{path} holds a different compare run (run.json differs); pass force=True "
                                           "(--force) to replace it, or choose another folder")
                 shutil.rmtree(path)
             path.mkdir(parents=True, exist_ok=True)
-            write_json(run_file, self.request)
-        self.accelerator.wait_for_everyone()
-        return path
-
-    def __exit__(self, *exc):
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return False
+            write_json(run_file, request)
+        accelerator.wait_for_everyone()
+        yield path
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _jsonable(data: Any) -> Any:

@@ -68,9 +68,8 @@ def distilled(model, plan, sample: DomainSample, start: Tensor, config: ExpandCo
              for w in windows_in(chunk, plan.pieces, n_old, start_id, context=config.distill_context_tokens,
                                  after=config.distill_window, calibration=cal)]
     windows = select_windows(found, config.distill_contexts)
-    seen = torch.bincount(torch.tensor([w.word for w in windows if not w.calibration] or [0], dtype=torch.long),
+    seen = torch.bincount(torch.tensor([w.word for w in windows if not w.calibration], dtype=torch.long),
                           minlength=len(words))
-    seen = seen if any(not w.calibration for w in windows) else torch.zeros(len(words), dtype=torch.long)
     free = seen >= max(1, config.min_occurrences)
     if not free.any():
         return start, {"fallback_words": words, "note": "no word occurs often enough in the sample to distill"}

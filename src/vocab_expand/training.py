@@ -14,6 +14,7 @@ Left out: expansion and the comparison across strategies (experiments.py), plots
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -280,7 +281,7 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
     for i, batch_ids in enumerate(micro):
         ids = rows[batch_ids].to(accelerator.device)
         sync = i == len(micro) - 1
-        with (accelerator.no_sync(model) if not sync else _nullcontext()), accelerator.autocast():
+        with (accelerator.no_sync(model) if not sync else contextlib.nullcontext()), accelerator.autocast():
             loss = model(input_ids=ids, labels=ids).loss / len(micro)
             accelerator.backward(loss)
         total += loss.detach().double()
@@ -290,14 +291,6 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return accelerator.reduce(total, reduction="mean").item()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _flag(accelerator, value: bool) -> bool:
