@@ -4,6 +4,7 @@ accelerate launch, training modes, and the errors users meet. Tiny models built 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -192,3 +193,40 @@ def test_gradient_clipping_bounds_each_update(setup, tmp_path):
     # weights barely move, while unclipped ones move by about lr per step.
     assert moved[None] > 1e-6
     assert moved[1e-9] < 1e-3 * moved[None]
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward; an infinite gradient backward (what overflow does to a real run)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, math.inf)
+
+
+def test_an_update_with_an_infinite_gradient_is_skipped_not_applied(setup, tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    original, calls = LlamaForCausalLM.forward, []
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls.append(1)
+            if len(calls) == 3:
+                out.loss = _InfiniteGradient.apply(out.loss)
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
+    out = tmp_path / "runs"
+    result = compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, **FAST)
+    steps = [r for r in metrics(out, "mean") if "train_loss" in r]
+    assert [r.get("skipped", False) for r in steps] == [False, False, True, False, False, False]
+    assert not math.isfinite(steps[2]["grad_norm"]) and all(math.isfinite(r["grad_norm"]) for r in steps if r is not steps[2])
+    assert all(math.isfinite(r["train_loss"]) for r in steps)  # the weights never became nan
+    assert all(math.isfinite(r["bits_per_character"]) for r in result.evaluations["mean"])
+    assert result.summary()["mean"]["skipped_steps"] == [3]
+    assert "| 1 |" in (out / "report.md").read_text()

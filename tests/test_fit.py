@@ -12,9 +12,10 @@ from vocab_expand import Corpus, expand, plan_tokens
 from vocab_expand.config import ExpandConfig
 from vocab_expand.distill import Distiller, windows_in
 from vocab_expand.expansion import new_rows
-from vocab_expand.fitting import FitData, objective, solve_rows
+from vocab_expand.fitting import FitData, objective, solve_rows, thinned
 from vocab_expand.forward import run_pass
-from vocab_expand.sampling import inclusion_probabilities, sample_domain
+from vocab_expand.sampling import (AUTO_MAX_POSITIONS, AUTO_MIN_POSITIONS, Occurrences, anchor_probabilities,
+                                   auto_budget, sample_domain)
 from vocab_expand.tokenization import start_token_id
 
 from conftest import TINY_TEXT, make_model
@@ -168,27 +169,72 @@ def test_cached_prefix_gives_the_states_of_a_full_pass(kind, tiny_tokenizer):
             row += len(expected)
 
 
-def test_inclusion_probabilities_keep_the_budget_and_favour_rare_words():
-    lengths = np.array([10.0] * 100 + [10.0] * 100)
-    holds = [np.array([0])] * 90 + [np.array([1])] * 10 + [np.array([], dtype=np.int64)] * 100
+def _occurrences(spec: list[list[tuple[int, int]]], lengths: list[int]) -> Occurrences:
+    """Occurrences from, per chunk, a list of (position, word)."""
+    flat = [(c, p, w) for c, found in enumerate(spec) for p, w in found]
+    chunk, pos, word = (np.array([f[i] for f in flat], dtype=np.int64) for i in range(3))
+    return Occurrences(np.array(lengths), np.arange(len(lengths)), chunk, pos, word)
+
+
+def test_anchor_probabilities_keep_the_budget_and_favour_rare_words():
+    occ = _occurrences([[(5, 0)]] * 90 + [[(9, 1)]] * 10 + [[]] * 100, [10] * 200)
     counts = np.array([90, 10])
-    pi = inclusion_probabilities(lengths, holds, counts, wanted=5.0, max_positions=400)
-    assert abs((lengths * pi).sum() - 400) < 1e-6  # the budget, spent exactly in expectation
-    assert pi[95] >= 0.5 - 1e-9 and pi[95] > pi[0]  # the rare word is expected 5 times
-    assert (pi[:100] * lengths[:100]).sum() == pytest.approx(0.75 * 400)
+    pi, rate = anchor_probabilities(occ, counts, wanted=5.0, budget=400)
+    assert occ.expected_cost(pi, rate) == pytest.approx(400)  # the budget, spent exactly in expectation
+    assert occ.expected_cost(pi, 0.0) == pytest.approx(0.75 * 400)  # the anchors' share
+    assert pi[1] >= 0.5 - 1e-9 and pi[1] > pi[0]  # the rare word is expected 5 times, and more than its share
+    assert 0 < rate < 1
+    tight, _ = anchor_probabilities(occ, counts, wanted=5.0, budget=40)  # even the quota does not fit: shrunk
+    assert tight[1] == pytest.approx(tight[0] * 9) and occ.expected_cost(tight, 0.0) == pytest.approx(30)
+
+
+def test_expected_cost_matches_simulation():
+    rng = np.random.default_rng(0)
+    spec = [sorted({(int(p), int(rng.integers(3))) for p in rng.integers(0, 12, size=rng.integers(0, 4))},
+                   key=lambda x: x[0]) for _ in range(40)]
+    spec = [list({p: (p, w) for p, w in found}.values()) for found in spec]  # one token per position
+    occ = _occurrences(spec, [12] * 40)
+    pi, rate = np.array([0.2, 0.5, 0.9]), 0.1
+    total = 0.0
+    for _ in range(4000):
+        drawn = rng.random(len(occ.word)) < pi[occ.word]
+        cut = np.zeros(40)
+        np.maximum.at(cut, occ.chunk[drawn], occ.pos[drawn] + 1)
+        cut[rng.random(40) < rate] = 12
+        total += cut.sum()
+    assert total / 4000 == pytest.approx(occ.expected_cost(pi, rate), rel=0.02)
 
 
 def test_sample_weights_are_unbiased(tiny_tokenizer):
     plan = plan_tokens(tiny_tokenizer, WORDS, ExpandConfig())
     n = len(tiny_tokenizer)
-    total = sum(len(ids) for ids in plan.tokenizer(TRAIN, add_special_tokens=False)["input_ids"])
-    estimates = []
+    docs = plan.tokenizer(TRAIN, add_special_tokens=False)["input_ids"]
+    total = sum(map(len, docs))
+    counts = torch.bincount(torch.tensor([t - n for d in docs for t in d if t >= n]), minlength=len(WORDS))
+    estimates, per_word = [], []
     for seed in range(30):
-        sample = sample_domain(plan.tokenizer, TRAIN, n, len(WORDS), max_positions=1500, min_sampled_occurrences=4,
-                               calibration_fraction=0.2, seed=seed, progress=False)
-        estimates.append(sum(w * len(c) for w, c in zip(sample.weight.tolist(), sample.ids)))
-        assert sample.positions() < 3 * 1500
-    assert np.mean(estimates) == pytest.approx(total, rel=0.1)
+        sample = sample_domain(plan.tokenizer, TRAIN, n, len(WORDS), max_positions=800, min_sampled_occurrences=4,
+                               calibration_fraction=0.2, seed=seed, tail=3, progress=False)
+        flat, _ = sample.flat_weights()
+        ids = torch.tensor([t for chunk in sample.ids for t in chunk])
+        estimates.append(flat.sum().item())
+        per_word.append(torch.zeros(len(WORDS)).index_add_(0, (ids[ids >= n] - n), flat[ids >= n]))
+        assert sample.positions() < 3 * 800 and sample.positions() < total
+    # Post-stratified: in every seed the totals are exact, short only by the occurrences of a word that
+    # one part (fitting or calibration) did not draw at all, which no weight can stand for.
+    assert estimates == pytest.approx([total] * 30, rel=1e-3)
+    exact = torch.isclose(torch.stack(per_word), counts.float().expand(30, -1), rtol=1e-5)
+    assert exact.float().mean() > 0.9
+    assert torch.allclose(torch.stack(per_word).mean(0), counts.float(), rtol=0.05)
+    # every word is drawn: the rare one ("Tokyo", 12 occurrences) is over-sampled and weighted down
+    assert (sample.occurrences() + sample.occurrences(calibration=True) > 0).all()
+
+
+def test_auto_budget_grows_with_the_words_to_fit(tiny_tokenizer):
+    occ = _occurrences([[(i % 10, i % 500)] for i in range(20_000)], [40] * 20_000)
+    small = auto_budget(occ, np.bincount(occ.word[occ.word < 5], minlength=500), wanted=10)
+    large = auto_budget(occ, np.bincount(occ.word, minlength=500), wanted=10)
+    assert small == AUTO_MIN_POSITIONS and AUTO_MIN_POSITIONS < large <= AUTO_MAX_POSITIONS
 
 
 def test_clear_errors(tiny_tokenizer):
@@ -204,3 +250,19 @@ def test_clear_errors(tiny_tokenizer):
         expand(model, tiny_tokenizer, WORDS, corpus=Corpus("x", train=["nothing here"] * 5, heldout=[]))
     with pytest.raises(ValueError, match="calibration_fraction"):
         ExpandConfig(calibration_fraction=1.5)
+
+
+def test_thinning_keeps_new_targets_and_stays_unbiased():
+    g = torch.Generator().manual_seed(0)
+    p = 5000
+    target = torch.where(torch.rand(p, generator=g) < 0.05, 0, -1)
+    data = FitData(torch.randn(p, 3, generator=g), torch.zeros(p), target, torch.zeros(p), torch.rand(p, generator=g) + 0.5)
+    part = torch.rand(p, generator=g) < 0.2
+    totals = []
+    for seed in range(40):
+        thin, thin_part = thinned(data, part, 1000, seed)
+        assert thin.hidden.shape[0] < 1400 and len(thin_part) == thin.hidden.shape[0]
+        assert torch.equal(thin.weight[thin.target >= 0], data.weight[data.target >= 0])  # all kept, same weight
+        totals.append(thin.weight.sum().item())
+    assert np.mean(totals) == pytest.approx(data.weight.sum().item(), rel=0.02)
+    assert thinned(data, part, 10_000, 0)[0] is data

@@ -71,7 +71,8 @@ def add_expand_args(parser: argparse.ArgumentParser) -> None:
                         help="tied models: which strategy sets the shared row, or untie; auto unties for fit/distill "
                              "(default: %(default)s)")
     parser.add_argument("--fit-max-positions", type=int, default=DEFAULTS.fit_max_positions,
-                        help="fit/distill: cap on cached positions of domain text (memory and time; default: %(default)s)")
+                        help="fit/distill: cap on positions of domain text run and cached (memory and time; default: what "
+                             "8 occurrences per word cost, between 24,576 and 131,072)")
     parser.add_argument("--fit-reg", type=float, default=DEFAULTS.fit_reg,
                         help="fit: L2 pull toward the mean row (default: chosen on a calibration slice)")
     parser.add_argument("--distill-epochs", type=int, default=DEFAULTS.distill_epochs, help="(default: %(default)s)")

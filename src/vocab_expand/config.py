@@ -49,9 +49,10 @@ class ExpandConfig:
     normalized: bool = False
     # Leave the caller's model and tokenizer untouched unless asked.
     inplace: bool = False
-    # fit/distill only. Cap on cached positions (hidden states, P x d floats): 24k is about a minute of
-    # forward passes for SmolLM2 on 2 CPU cores and 55 MB of states, and it bounds memory on any corpus.
-    fit_max_positions: int = 24576
+    # fit/distill only. Cap on positions of domain text run through the model and cached (hidden states,
+    # P x d floats). None: what min_sampled_occurrences per word costs, between 24,576 and 131,072 (sampling.py);
+    # 24k is about a minute of forward passes for SmolLM2 on 2 CPU cores and 55 MB of states.
+    fit_max_positions: int | None = None
     # Strength of the L2 pull of fitted output rows toward the mean row; None: chosen on the calibration slice.
     fit_reg: float | None = None
     # Share of the sampled training documents kept aside to choose fit_reg and stop distillation early.
@@ -82,8 +83,10 @@ class ExpandConfig:
             raise TypeError(f"seed must be an int, got {self.seed!r}")
         if not self.cov_scale >= 0:
             raise ValueError(f"cov_scale must be >= 0, got {self.cov_scale}")
-        for name in ("fit_max_positions", "min_sampled_occurrences", "distill_contexts", "distill_window"):
+        for name in ("min_sampled_occurrences", "distill_contexts", "distill_window"):
             _check_int(name, getattr(self, name), minimum=1)
+        if self.fit_max_positions is not None:
+            _check_int("fit_max_positions", self.fit_max_positions, minimum=1)
         for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
             _check_int(name, getattr(self, name), minimum=0)
         if not 0.0 < self.calibration_fraction < 1.0:

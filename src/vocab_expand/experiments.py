@@ -61,7 +61,8 @@ class Comparison:
                 "summary": self.summary(), "evaluations": self.evaluations}
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Per strategy: bits per character at step 0, final and best; new-token probability at 0 and final."""
+        """Per strategy: bits per character at step 0, final and best; new-token probability at 0 and final; the
+        steps whose update was skipped for an inf or nan gradient."""
         out = {}
         for name, records in self.evaluations.items():
             if records:
@@ -70,7 +71,8 @@ class Comparison:
                              "bpc_best": min(finite, default=math.nan), "final_step": records[-1]["step"],
                              "new_token_probability_start": records[0]["new_token_probability"],
                              "new_token_probability_final": records[-1]["new_token_probability"],
-                             "steps_to_target": self.steps_to_target.get(name)}
+                             "steps_to_target": self.steps_to_target.get(name),
+                             "skipped_steps": [r["step"] for r in self.losses.get(name, []) if r.get("skipped")]}
         return out
 
 
@@ -261,13 +263,15 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
         f"Target: {comparison.reference}'s final bits per character"
         + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
-        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) | status |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "
+        "| updates skipped (inf/nan gradient) | status |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in comparison.summary().items():
         reached = row["steps_to_target"]
         lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
                      f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
-                     f"{row['new_token_probability_final']:.3f} | {comparison.status.get(name, '')} |")
+                     f"{row['new_token_probability_final']:.3f} | {len(row['skipped_steps'])} | "
+                     f"{comparison.status.get(name, '')} |")
     lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
     return "\n".join(lines)

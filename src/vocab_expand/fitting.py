@@ -32,6 +32,11 @@ HALF_DECADE = math.sqrt(10.0)
 # Positions per chunk of the loss: [chunk x k] logits and their autograd copies stay small.
 CHUNK_POSITIONS = 8192
 MAX_ITER = 200
+# Iterations of each warm-started solve on the regularization path (the chosen strength is solved to MAX_ITER).
+PATH_MAX_ITER = 60
+# Positions the solve keeps: every position whose target is a new token, and a weighted random share of
+# the others, whose only role is the softmax-mass term (cost is positions x k x d per evaluation).
+SOLVE_MAX_POSITIONS = 32_768
 
 
 @dataclass
@@ -53,6 +58,21 @@ class FitData:
         """The same data with a constant-1 column, so that a bias entry is one more coordinate of the rows."""
         ones = torch.ones(self.hidden.shape[0], 1, dtype=self.hidden.dtype)
         return FitData(torch.cat([self.hidden, ones], 1), self.log_z, self.target, self.target_logit, self.weight)
+
+
+def thinned(data: FitData, part: Tensor, max_positions: int, seed: int) -> tuple[FitData, Tensor]:
+    """(data, part [P] bool) with at most about ``max_positions`` positions: positions with a new target are
+    all kept, the others with probability rho and weight / rho, so weighted sums stay unbiased."""
+    is_new = data.target >= 0
+    old = int((~is_new).sum())
+    room = max_positions - int(is_new.sum())
+    if old <= max(room, 0) or old == 0:
+        return data, part
+    rho = max(room, max_positions // 4) / old
+    generator = torch.Generator().manual_seed(seed)
+    keep = is_new | (torch.rand(len(is_new), generator=generator) < rho)
+    weight = torch.where(is_new, data.weight, data.weight / rho)
+    return FitData(data.hidden, data.log_z, data.target, data.target_logit, weight).select(keep), part[keep]
 
 
 def nll(rows: Tensor, data: FitData, cap: float | None = None) -> Tensor:
@@ -138,7 +158,7 @@ def choose_reg(data: FitData, calibration: FitData, start: Tensor, mean_row: Ten
     """(reg, its rows, the path): REG_PATH walked with warm starts until the calibration loss has risen twice."""
     path, rows, best = [], start, (math.inf, REG_PATH[0], start)
     for value in tqdm(REG_PATH, desc="fitting output rows", disable=not progress):
-        rows = solve_rows(data, rows, mean_row, value, free=free, cap=cap)
+        rows = solve_rows(data, rows, mean_row, value, free=free, cap=cap, max_iter=PATH_MAX_ITER)
         score = mean_nll(rows, calibration, cap)
         path.append({"reg": value, "calibration_nll": score})
         if score < best[0]:
@@ -146,7 +166,7 @@ def choose_reg(data: FitData, calibration: FitData, start: Tensor, mean_row: Ten
         elif path[-2]["calibration_nll"] < score and len(path) > 2 and path[-3]["calibration_nll"] < path[-2]["calibration_nll"]:
             break  # risen twice: weaker pulls only overfit more
     for value in (best[1] * HALF_DECADE, best[1] / HALF_DECADE):  # refine between the decades around the best
-        rows = solve_rows(data, best[2], mean_row, value, free=free, cap=cap)
+        rows = solve_rows(data, best[2], mean_row, value, free=free, cap=cap, max_iter=PATH_MAX_ITER)
         score = mean_nll(rows, calibration, cap)
         path.append({"reg": value, "calibration_nll": score})
         if score < best[0]:

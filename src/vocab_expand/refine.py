@@ -19,7 +19,7 @@ from .config import ExpandConfig
 from .corpus import Corpus
 from .distill import distill_rows, select_windows, windows_in
 from .expansion import NewRows, TokenPlan
-from .fitting import FitData, fit_rows
+from .fitting import SOLVE_MAX_POSITIONS, FitData, fit_rows, thinned
 from .forward import run_pass, softcap
 from .sampling import DomainSample, sample_domain
 from .strategies import get_strategy
@@ -30,12 +30,14 @@ def refine_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus:
                 rows: NewRows, cache: dict, progress: bool) -> None:
     """Replace ``rows``' heuristic starting rows by distilled input rows and/or fitted output rows, in place."""
     documents = corpus.train if isinstance(corpus, Corpus) else list(corpus)
-    key = ("sample", config.seed, config.fit_max_positions, config.min_sampled_occurrences, config.calibration_fraction)
+    key = ("sample", config.seed, config.fit_max_positions, config.min_sampled_occurrences, config.calibration_fraction,
+           config.distill_window)
     if key not in cache:
         cache[key] = sample_domain(plan.tokenizer, documents, plan.tokens_before, len(plan.entries),
                                    max_positions=config.fit_max_positions, seed=config.seed,
                                    min_sampled_occurrences=config.min_sampled_occurrences,
-                                   calibration_fraction=config.calibration_fraction, progress=progress)
+                                   calibration_fraction=config.calibration_fraction, tail=config.distill_window,
+                                   progress=progress)
     sample: DomainSample = cache[key]
     words = [e.word for e in plan.entries]
     rows.details["sample"] = sample_facts(sample, words)
@@ -53,6 +55,7 @@ def sample_facts(sample: DomainSample, words: list[str]) -> dict[str, Any]:
     fitting = sample.occurrences(calibration=False)
     return {
         "chunks": len(sample.ids),
+        "budget": sample.budget,
         "positions": sample.positions(),
         "calibration_chunks": int(sample.calibration.sum()),
         "training_tokens_scanned": sample.scanned_tokens,
@@ -82,19 +85,25 @@ def distilled(model, plan, sample: DomainSample, start: Tensor, config: ExpandCo
 def fitted(model, plan, sample: DomainSample, rows: NewRows, config: ExpandConfig, words, progress):
     """(output rows [k, d], bias [k] or None, report): the convex fit on one cached pass over the sample."""
     n_old = plan.tokens_before
-    states = run_pass(model, sample.ids, n_old, start_token_id(plan.tokenizer), input_rows=rows.input,
+    states = run_pass(model, sample.scored(), n_old, start_token_id(plan.tokenizer), input_rows=rows.input,
                       progress=progress, desc="caching hidden states")
+    flat, offsets = sample.flat_weights()
+    weight = flat[offsets[states.doc] + states.index]
+    kept = weight > 0
     data = FitData(hidden=states.hidden, log_z=states.log_z,
                    target=torch.where(states.target >= n_old, states.target - n_old, -1),
-                   target_logit=torch.nan_to_num(states.target_logit, nan=0.0), weight=sample.weight[states.doc])
+                   target_logit=torch.nan_to_num(states.target_logit, nan=0.0), weight=weight).select(kept)
+    is_cal = sample.calibration[states.doc[kept]]
+    positions = int(kept.sum())
+    data, is_cal = thinned(data, is_cal, SOLVE_MAX_POSITIONS, config.seed)
     start = rows.output
     if rows.bias is not None:
         data, start = data.with_bias_column(), torch.cat([rows.output, rows.bias.unsqueeze(1)], 1)
-    is_cal = sample.calibration[states.doc]
     free = sample.occurrences(calibration=False) >= max(1, config.min_occurrences)
     result = fit_rows(data.select(~is_cal), data.select(is_cal), start, start.clone(), free=free,
                       reg=config.fit_reg, cap=softcap(model), progress=progress)
-    result.report.update({"positions": int(data.hidden.shape[0]), "calibration_positions": int(is_cal.sum()),
+    result.report.update({"positions": positions, "solved_positions": int(data.hidden.shape[0]),
+                          "calibration_positions": int(is_cal.sum()),
                           "fallback_words": [w for w, f in zip(words, free.tolist()) if not f]})
     d = rows.output.shape[1]
     bias = result.rows[:, d] if rows.bias is not None else None

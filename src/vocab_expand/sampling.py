@@ -1,14 +1,30 @@
 """A weighted sample of the training text for the data-driven strategies (fit, distill).
 
-Forward passes are the cost of fitting, so only a capped number of positions is cached. A uniform sample
-would see a rare word once or not at all, so chunks are drawn with inclusion probability
-pi = max(base rate, m / count of its rarest new word) and weighted by 1/pi (Horvitz-Thompson): every word
-is expected about m times, and the weighted loss is still an unbiased estimate of the loss on the whole
-training split. Chunks without new words are drawn at a base rate of their own, since they only tell the
-new rows where not to take probability. A seeded share of the chunks is the calibration slice.
+Forward passes are the cost of fitting, so only a capped number of positions is run through the model. The
+fit learns a word's row from the positions where the word is the next token, so those are what the sample
+must hold for every word, rare ones included; the other positions only tell the new rows where not to take
+probability, and any random share of them does.
 
-Two streaming passes: the first tokenizes every training document and keeps only chunk lengths and which
-new tokens each chunk holds; the second re-tokenizes the chosen documents. No corpus-sized id list is held.
+The design (Poisson sampling of anchors, Horvitz-Thompson weights):
+- every occurrence of new word j is an anchor, drawn with probability pi_j = min(1, max(a, s * wanted / c_j))
+  (c_j its count in the training split): each word is expected about ``wanted`` times, frequent words more;
+- a chunk is cut after its last drawn anchor: the positions before it are computed anyway (they are the
+  anchor's context), so they are kept too;
+- besides, whole chunks are drawn at a rate r, so positions far from any new word are represented;
+- position t of a chunk is then kept with probability P_t = 1 - (1 - r) prod_{anchors o at or after t} (1 - pi_o),
+  known exactly, and weighted 1/P_t: every weighted sum over the sample is an unbiased estimate of the same
+  sum over the whole training split, per word as well as in total;
+- the weights are then post-stratified: rescaled so that each word's occurrences, and the positions with an
+  old target, add up exactly to their known counts (in each part).
+a and s are set so that anchors spend NEW_WORD_SHARE of the budget in expectation, r so that the rest is spent.
+A seeded share of the chunks (drawn before anything else) is the calibration slice.
+
+The budget, ``max_positions`` (positions run through the model and cached), defaults to what ``wanted``
+anchors per word cost, between AUTO_MIN_POSITIONS and AUTO_MAX_POSITIONS: so 1,000 words get a larger sample
+than 100.
+
+Two streaming passes: the first tokenizes every training document and keeps only chunk lengths and where the
+new tokens are; the second re-tokenizes the chosen documents. No corpus-sized id list is held.
 
 Left out: what is done with the sample (fitting.py, distill.py).
 """
@@ -26,38 +42,94 @@ from transformers import PreTrainedTokenizerBase
 
 # Documents are cut into chunks of at most this many tokens (each scored after the start token).
 CHUNK_TOKENS = 256
-# Share of the position budget spent on chunks that contain new words.
+# Share of the position budget spent (in expectation) on anchors and their contexts.
 NEW_WORD_SHARE = 0.75
+AUTO_MIN_POSITIONS = 24_576
+AUTO_MAX_POSITIONS = 131_072
 BATCH_DOCUMENTS = 512
+# pi = 1 is held as this, so that log(1 - pi) stays finite.
+ALMOST_ONE = 1.0 - 1e-12
 
 
 @dataclass
 class DomainSample:
     """Chunks of the expanded tokenization of the training split.
 
-    ids: the chunks (C lists of token ids); weight [C]: 1 / inclusion probability; calibration [C] bool;
-    counts [k]: occurrences of each new token in the whole training split; n_old: first new id.
+    ids: the chunks (C lists of token ids), each cut after its last kept position plus a short tail;
+    weights: C tensors [len(chunk)], the weight 1/P_t of each position's loss (0: context or tail only);
+    calibration [C] bool; counts [k]: occurrences of each new token in the whole training split;
+    n_old: first new id; budget: the position budget it was drawn for.
     """
 
     ids: list[list[int]]
-    weight: Tensor
+    weights: list[Tensor]
     calibration: Tensor
     counts: Tensor
     n_old: int
     scanned_tokens: int
+    budget: int
 
     def occurrences(self, calibration: bool = False) -> Tensor:
-        """[k] occurrences of each new token in the fitting (or calibration) part of the sample."""
+        """[k] kept (weighted) occurrences of each new token in the fitting (or calibration) part."""
         k = self.counts.numel()
         found = torch.zeros(k, dtype=torch.long)
-        for chunk, is_cal in zip(self.ids, self.calibration.tolist()):
+        for chunk, weight, is_cal in zip(self.ids, self.weights, self.calibration.tolist()):
             if is_cal == calibration:
-                new = [t - self.n_old for t in chunk if t >= self.n_old]
-                found += torch.bincount(torch.tensor(new, dtype=torch.long), minlength=k)
+                ids = torch.tensor(chunk, dtype=torch.long)
+                new = ids[(ids >= self.n_old) & (weight > 0)] - self.n_old
+                found += torch.bincount(new, minlength=k)
         return found
 
     def positions(self) -> int:
+        """Positions run through the model."""
         return sum(map(len, self.ids))
+
+    def scored(self) -> list[list[int]]:
+        """The chunks without their unweighted tails: what the fit runs."""
+        return [chunk[: int(torch.nonzero(w).max()) + 1] for chunk, w in zip(self.ids, self.weights)]
+
+    def flat_weights(self) -> tuple[Tensor, Tensor]:
+        """(weight of every position [P], offset of each chunk's first position [C]), chunks concatenated."""
+        lengths = torch.tensor([len(c) for c in self.ids], dtype=torch.long)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        return torch.cat(self.weights) if self.weights else torch.zeros(0), offsets
+
+
+@dataclass
+class Occurrences:
+    """Where the new tokens are in the chunked training split. lengths, doc_of [C]; chunk, pos, word [O]
+    for every occurrence, ordered by chunk then position."""
+
+    lengths: np.ndarray
+    doc_of: np.ndarray
+    chunk: np.ndarray
+    pos: np.ndarray
+    word: np.ndarray
+
+    def expected_cost(self, pi_word: np.ndarray, rate: float) -> float:
+        """Expected positions run for anchor probabilities pi_word [k] and whole-chunk rate r."""
+        covered = self._covered(pi_word)
+        return float(rate * self.lengths.sum() + (1.0 - rate) * covered.sum())
+
+    def _covered(self, pi_word: np.ndarray) -> np.ndarray:
+        """[O] expected positions each occurrence's segment adds: seg_o (1 - prod_{o' >= o in chunk}(1 - pi))."""
+        return self.segments() * (1.0 - np.exp(self.suffix_log_q(pi_word)))
+
+    def suffix_log_q(self, pi_word: np.ndarray) -> np.ndarray:
+        """[O] log prod(1 - pi) over the occurrences at or after each one, within its chunk."""
+        log_q = np.log1p(-np.minimum(pi_word[self.word], ALMOST_ONE))
+        if not len(log_q):
+            return log_q
+        suffix = np.r_[np.cumsum(log_q[::-1])[::-1], 0.0]
+        first = np.r_[True, self.chunk[1:] != self.chunk[:-1]]
+        stops = np.r_[np.flatnonzero(first)[1:], len(log_q)]  # one past each chunk's last occurrence
+        return suffix[:-1] - suffix[stops[np.cumsum(first) - 1]]
+
+    def segments(self) -> np.ndarray:
+        """[O] positions after the previous occurrence in the chunk, up to and including this one."""
+        first = np.r_[True, self.chunk[1:] != self.chunk[:-1]][: len(self.chunk)]
+        previous = np.where(first, -1, np.r_[-1, self.pos[:-1]])
+        return (self.pos - previous).astype(np.float64)
 
 
 def chunks_of(ids: list[int]) -> list[list[int]]:
@@ -70,73 +142,132 @@ def sample_domain(
     n_old: int,
     k: int,
     *,
-    max_positions: int,
+    max_positions: int | None,
     min_sampled_occurrences: int,
     calibration_fraction: float,
     seed: int,
+    tail: int = 0,
     progress: bool = True,
 ) -> DomainSample:
-    """Sample chunks of ``documents`` (tokenized by the expanded ``tokenizer``) for fitting ``k`` new tokens."""
+    """Sample chunks of ``documents`` (tokenized by the expanded ``tokenizer``) for fitting ``k`` new tokens.
+
+    max_positions: the budget (None: what min_sampled_occurrences per word costs, within the AUTO_ bounds);
+    tail: tokens kept (unweighted) after each chunk's last kept position, for distillation windows.
+    """
     if not documents:
         raise ValueError("fit and distill need domain text: the corpus has no training documents")
-    lengths, doc_of, holds, counts = _scan(tokenizer, documents, n_old, k, progress)
+    occ = _scan(tokenizer, documents, n_old, k, progress)
+    counts = np.bincount(occ.word, minlength=k)
     if counts.sum() == 0:
         raise ValueError("none of the new words occurs in the training text, so there is nothing to fit them to; "
                          "use a corpus that contains them, or mean/subword rows, which need no text")
     wanted = min_sampled_occurrences / (1.0 - calibration_fraction)
-    pi = inclusion_probabilities(lengths, holds, counts, wanted, max_positions)
+    budget = max_positions if max_positions is not None else auto_budget(occ, counts, wanted)
+    pi_word, rate = anchor_probabilities(occ, counts, wanted, budget)
     rng = np.random.default_rng(seed)
-    chosen = np.flatnonzero((rng.random(len(pi)) < pi) & (lengths > 0))
-    is_cal = rng.random(len(chosen)) < calibration_fraction
-    ids = _chunks(tokenizer, documents, doc_of, chosen)
-    return DomainSample(ids=ids, weight=torch.tensor(1.0 / pi[chosen], dtype=torch.float32),
-                        calibration=torch.tensor(is_cal), counts=torch.tensor(counts), n_old=n_old,
-                        scanned_tokens=int(lengths.sum()))
+    is_cal = rng.random(len(occ.lengths)) < calibration_fraction
+    drawn = rng.random(len(occ.word)) < pi_word[occ.word]
+    cut = np.zeros(len(occ.lengths), dtype=np.int64)
+    np.maximum.at(cut, occ.chunk[drawn], occ.pos[drawn] + 1)
+    whole = rng.random(len(occ.lengths)) < rate
+    cut[whole] = occ.lengths[whole]
+    chosen = np.flatnonzero(cut > 0)
+    chunks = _chunks(tokenizer, documents, occ.doc_of, chosen)
+    keep = _keep_probabilities(occ, pi_word, rate, chosen, cut)
+    ids = [chunk[: int(cut[c]) + tail] for chunk, c in zip(chunks, chosen.tolist())]
+    raw = [np.r_[1.0 / p, np.zeros(len(chunk) - len(p))] for chunk, p in zip(ids, keep)]
+    weights = _post_stratified(occ, is_cal, chosen, ids, raw, n_old, k)
+    return DomainSample(ids=ids, weights=weights, calibration=torch.tensor(is_cal[chosen]),
+                        counts=torch.tensor(counts), n_old=n_old, scanned_tokens=int(occ.lengths.sum()),
+                        budget=int(budget))
 
 
-def _scan(tokenizer, documents, n_old, k, progress):
-    """Chunk lengths [C], owning document [C], the rarest-word key per chunk [C] (-1: none), word counts [k]."""
-    lengths, doc_of, holds = [], [], []
-    counts = np.zeros(k, dtype=np.int64)
+def _post_stratified(occ: Occurrences, is_cal: np.ndarray, chosen: np.ndarray, ids: list[list[int]],
+                     raw: list[np.ndarray], n_old: int, k: int) -> list[Tensor]:
+    """The weights rescaled, within each part (fitting, calibration), so that they add up exactly to the known
+    totals of each stratum: the occurrences of each new word, and the positions with an old target. The
+    Horvitz-Thompson weights only match them in expectation; the balance between a word's occurrences and
+    the rest is what the fit learns its probability from, so it is made exact (a ratio estimator)."""
+    flat_ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in ids])
+    flat = np.concatenate(raw)
+    part = np.repeat(is_cal[chosen], [len(c) for c in ids])
+    stratum = np.where(flat_ids >= n_old, flat_ids - n_old, k)  # k: an old target
+    chunk_part = is_cal[occ.chunk] if len(occ.chunk) else np.zeros(0, dtype=bool)
+    for side in (False, True):
+        known = np.bincount(occ.word[chunk_part == side], minlength=k + 1).astype(np.float64)
+        known[k] = occ.lengths[is_cal == side].sum() - known[:k].sum()
+        mine = (part == side) & (flat > 0)
+        found = np.bincount(stratum[mine], weights=flat[mine], minlength=k + 1)
+        scale = np.where(found > 0, known / np.maximum(found, 1e-300), 1.0)
+        flat[mine] *= scale[stratum[mine]]
+    bounds = np.cumsum([len(c) for c in ids])[:-1]
+    return [torch.tensor(w, dtype=torch.float32) for w in np.split(flat, bounds)]
+
+
+def auto_budget(occ: Occurrences, counts: np.ndarray, wanted: float) -> int:
+    """Positions that ``wanted`` anchors per word cost, over NEW_WORD_SHARE, within the AUTO_ bounds."""
+    need = occ.expected_cost(_pi(counts, wanted, 0.0, 1.0), 0.0) / NEW_WORD_SHARE
+    return int(min(AUTO_MAX_POSITIONS, max(AUTO_MIN_POSITIONS, need)))
+
+
+def anchor_probabilities(occ: Occurrences, counts: np.ndarray, wanted: float, budget: float) -> tuple[np.ndarray, float]:
+    """(pi [k], r): anchors get max(a, s * wanted / count), spending NEW_WORD_SHARE of ``budget`` (s < 1 only
+    when even the quota does not fit, a > 0 only when it does); whole chunks get r, spending the rest."""
+    share = NEW_WORD_SHARE * budget
+
+    def cost(a: float, s: float) -> float:
+        return occ.expected_cost(_pi(counts, wanted, a, s), 0.0)
+
+    a, s = 0.0, 1.0
+    if cost(0.0, 1.0) > share:
+        s = _bisect(lambda x: cost(0.0, x) - share)
+    elif cost(1.0, 1.0) > share:
+        a = _bisect(lambda x: cost(x, 1.0) - share)
+    else:
+        a = 1.0
+    pi = _pi(counts, wanted, a, s)
+    covered, total = occ.expected_cost(pi, 0.0), float(occ.lengths.sum())
+    rate = min(1.0, max(0.0, (budget - covered) / (total - covered))) if total > covered else 1.0
+    return pi, rate
+
+
+def _pi(counts: np.ndarray, wanted: float, a: float, s: float) -> np.ndarray:
+    need = np.minimum(1.0, wanted / np.maximum(counts, 1))
+    return np.where(counts > 0, np.minimum(1.0, np.maximum(a, s * need)), 0.0)
+
+
+def _keep_probabilities(occ: Occurrences, pi_word: np.ndarray, rate: float, chosen: np.ndarray,
+                        cut: np.ndarray) -> list[np.ndarray]:
+    """For each chosen chunk, P_t = 1 - (1 - r) prod_{anchors at or after t} (1 - pi) for t < its cut."""
+    q = np.exp(occ.suffix_log_q(pi_word))
+    seg = occ.segments().astype(np.int64)
+    bounds = np.searchsorted(occ.chunk, np.stack([chosen, chosen + 1]))
+    found = []
+    for c, lo, hi in zip(chosen.tolist(), bounds[0].tolist(), bounds[1].tolist()):
+        covered = np.repeat(q[lo:hi], seg[lo:hi])
+        q_t = np.r_[covered, np.ones(occ.lengths[c] - len(covered))][: cut[c]]
+        found.append(1.0 - (1.0 - rate) * q_t)
+    return found
+
+
+def _scan(tokenizer, documents, n_old, k, progress) -> Occurrences:
+    lengths, doc_of, chunk, pos, word = [], [], [], [], []
     bar = tqdm(total=len(documents), desc="scanning domain text", unit="doc", disable=not progress, mininterval=1.0)
     for start in range(0, len(documents), BATCH_DOCUMENTS):
         batch = tokenizer(list(documents[start : start + BATCH_DOCUMENTS]), add_special_tokens=False)["input_ids"]
         for offset, ids in enumerate(batch):
-            for chunk in chunks_of(ids):
-                new = np.array([t - n_old for t in chunk if t >= n_old], dtype=np.int64)
-                counts += np.bincount(new, minlength=k)
-                lengths.append(len(chunk))
+            for piece in chunks_of(ids):
+                array = np.asarray(piece, dtype=np.int64)
+                where = np.flatnonzero(array >= n_old)
+                chunk.append(np.full(len(where), len(lengths)))
+                pos.append(where)
+                word.append(array[where] - n_old)
+                lengths.append(len(piece))
                 doc_of.append(start + offset)
-                holds.append(np.unique(new))
         bar.update(len(batch))
     bar.close()
-    return np.array(lengths, dtype=np.float64), np.array(doc_of), holds, counts
-
-
-def inclusion_probabilities(lengths: np.ndarray, holds: list[np.ndarray], counts: np.ndarray, wanted: float,
-                            max_positions: int) -> np.ndarray:
-    """pi [C]: chunks with new words get max(rate, wanted / count of their rarest word), scaled to fit
-    NEW_WORD_SHARE of the budget; the other chunks share what is left at one rate."""
-    has_new = np.array([h.size > 0 for h in holds])
-    need = np.zeros(len(lengths))
-    need[has_new] = [min(1.0, wanted / counts[h].min()) for h in holds if h.size]
-    budget = NEW_WORD_SHARE * max_positions
-
-    def spent(rate: float, scale: float) -> float:
-        return float((lengths * np.minimum(1.0, np.maximum(rate, scale * need)))[has_new].sum())
-
-    scale, rate = 1.0, 0.0
-    if spent(0.0, 1.0) > budget:  # even the rare-word quota does not fit: shrink it
-        scale = _bisect(lambda s: spent(0.0, s) - budget)
-    elif spent(1.0, 1.0) > budget:
-        rate = _bisect(lambda r: spent(r, 1.0) - budget)
-    else:
-        rate = 1.0
-    pi = np.where(has_new, np.minimum(1.0, np.maximum(rate, scale * need)), 0.0)
-    rest = lengths[~has_new].sum()
-    if rest:
-        pi[~has_new] = min(1.0, max(0.0, max_positions - spent(rate, scale)) / rest)
-    return np.maximum(pi, 0.0)
+    flat = (lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64))
+    return Occurrences(np.array(lengths, dtype=np.int64), np.array(doc_of), flat(chunk), flat(pos), flat(word))
 
 
 def _bisect(excess, low: float = 0.0, high: float = 1.0, steps: int = 50) -> float:

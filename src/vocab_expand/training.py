@@ -254,11 +254,11 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
         _log_eval(model, data, 0, folder, accelerator)
     bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_main_process))
     while step < config.steps:
-        loss = _optimizer_step(model, optimizer, scheduler, data.rows, order[step], config, accelerator)
+        facts = _optimizer_step(model, optimizer, scheduler, data.rows, order[step], config, accelerator)
         step += 1
         bar.update(1)
         if accelerator.is_main_process:
-            folder.append({"step": step, "train_loss": loss, "lr": scheduler.get_last_lr()[0]})
+            folder.append({"step": step, **facts, "lr": scheduler.get_last_lr()[0]})
         if step % config.eval_every == 0 or step == config.steps:
             _log_eval(model, data, step, folder, accelerator)
         out_of_time = _flag(accelerator, config.max_time_s is not None and time.perf_counter() - began > config.max_time_s)
@@ -272,8 +272,10 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
     return "finished"
 
 
-def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, config: TrainConfig, accelerator) -> float:
-    """One optimizer step over the global batch ``indices``: this process's share, in accumulation micro-steps."""
+def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, config: TrainConfig,
+                    accelerator) -> dict[str, Any]:
+    """One optimizer step over the global batch ``indices``: this process's share, in accumulation micro-steps.
+    Returns the loss, the gradient norm before clipping, and skipped=True when that norm was not finite."""
     share = indices.view(accelerator.num_processes, -1)[accelerator.process_index]
     micro = share.view(config.gradient_accumulation, -1)
     total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -285,12 +287,14 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
             loss = model(input_ids=ids, labels=ids).loss / len(micro)
             accelerator.backward(loss)
         total += loss.detach().double()
-    if config.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-    optimizer.step()
+    # The norm of the synchronized gradients (clipped to max_grad_norm when set): the same on every process.
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf))
+    skipped = not math.isfinite(norm)
+    if not skipped:  # an inf or nan gradient would turn every weight it reaches into nan: skip the update
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return accelerator.reduce(total, reduction="mean").item()
+    return {"train_loss": accelerator.reduce(total, reduction="mean").item(), "grad_norm": norm, **({"skipped": True} if skipped else {})}
 
 
 def _flag(accelerator, value: bool) -> bool:
