@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_model
 
 from vocab_expand.experiments import collect, compare
 from vocab_expand.training import RunFolder, TrainConfig, data_order, pack
-
-from conftest import make_model
 
 WORDS = ["Jehoshaphat", "prophets"]
 FAST = dict(steps=6, eval_every=2, batch_size=4, seq_len=16, eval_tokens=200, learning_rate=1e-3, warmup_steps=2)

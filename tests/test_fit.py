@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TEXT, make_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from vocab_expand import Corpus, expand, plan_tokens
@@ -14,11 +15,15 @@ from vocab_expand.distill import Distiller, windows_in
 from vocab_expand.expansion import new_rows
 from vocab_expand.fitting import FitData, objective, solve_rows, thinned
 from vocab_expand.forward import run_pass
-from vocab_expand.sampling import (AUTO_MAX_POSITIONS, AUTO_MIN_POSITIONS, Occurrences, anchor_probabilities,
-                                   auto_budget, sample_domain)
+from vocab_expand.sampling import (
+    AUTO_MAX_POSITIONS,
+    AUTO_MIN_POSITIONS,
+    Occurrences,
+    anchor_probabilities,
+    auto_budget,
+    sample_domain,
+)
 from vocab_expand.tokenization import start_token_id
-
-from conftest import TINY_TEXT, make_model
 
 WORDS = ["Jehoshaphat", "prophets", "Tokyo"]
 # Enough text that every word occurs in fitting and calibration chunks.
@@ -230,7 +235,7 @@ def test_sample_weights_are_unbiased(tiny_tokenizer):
     assert (sample.occurrences() + sample.occurrences(calibration=True) > 0).all()
 
 
-def test_auto_budget_grows_with_the_words_to_fit(tiny_tokenizer):
+def test_auto_budget_grows_with_the_words_to_fit():
     occ = _occurrences([[(i % 10, i % 500)] for i in range(20_000)], [40] * 20_000)
     small = auto_budget(occ, np.bincount(occ.word[occ.word < 5], minlength=500), wanted=10)
     large = auto_budget(occ, np.bincount(occ.word, minlength=500), wanted=10)

@@ -121,15 +121,18 @@ class Occurrences:
         if not len(log_q):
             return log_q
         suffix = np.r_[np.cumsum(log_q[::-1])[::-1], 0.0]
-        first = np.r_[True, self.chunk[1:] != self.chunk[:-1]]
+        first = self.first_in_chunk()
         stops = np.r_[np.flatnonzero(first)[1:], len(log_q)]  # one past each chunk's last occurrence
         return suffix[:-1] - suffix[stops[np.cumsum(first) - 1]]
 
     def segments(self) -> np.ndarray:
         """[O] positions after the previous occurrence in the chunk, up to and including this one."""
-        first = np.r_[True, self.chunk[1:] != self.chunk[:-1]][: len(self.chunk)]
-        previous = np.where(first, -1, np.r_[-1, self.pos[:-1]])
+        previous = np.where(self.first_in_chunk(), -1, np.r_[-1, self.pos[:-1]])
         return (self.pos - previous).astype(np.float64)
+
+    def first_in_chunk(self) -> np.ndarray:
+        """[O] whether each occurrence is the first of its chunk."""
+        return np.r_[True, self.chunk[1:] != self.chunk[:-1]][: len(self.chunk)]
 
 
 def chunks_of(ids: list[int]) -> list[list[int]]:
