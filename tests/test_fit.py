@@ -15,6 +15,7 @@ from vocab_expand.distill import Distiller, windows_in
 from vocab_expand.expansion import new_rows
 from vocab_expand.fitting import FitData, objective, solve_rows, thinned
 from vocab_expand.forward import run_pass
+from vocab_expand.refine import contexts_per_word
 from vocab_expand.sampling import (
     AUTO_MAX_POSITIONS,
     AUTO_MIN_POSITIONS,
@@ -118,6 +119,22 @@ def test_distillation_windows_match_the_last_piece_and_following_tokens():
     assert [first.teacher[p] for p in first.teacher_positions] == [9, 3, 4]
     assert [first.student[p] for p in first.student_positions] == [100, 3, 4]
     assert (second.prefix, second.student, second.teacher) == ([0, 4], [101, 6], [5, 6])  # stops at new tokens
+
+
+def test_distillation_window_cap_lowers_contexts_per_word_but_not_below_min_occurrences(tiny_tokenizer):
+    assert [contexts_per_word(k, ExpandConfig(distill_max_windows=4096)) for k in (100, 1000, 5000)] == [8, 4, 2]
+    assert contexts_per_word(10**6, ExpandConfig(distill_max_windows=None)) == 8
+    assert contexts_per_word(5000, ExpandConfig(distill_max_windows=4096, min_occurrences=3)) == 3
+    model = make_model("untied", len(tiny_tokenizer))
+    plan = plan_tokens(tiny_tokenizer, WORDS, ExpandConfig())
+    counts = {}
+    for cap in (None, 6):
+        config = ExpandConfig(input_init="distill", output_init="mean", distill_max_windows=cap, **FAST)
+        report = new_rows(model, plan, config, CORPUS).details["distill"]
+        counts[cap] = (report["contexts_per_word"], report["windows"])
+    assert counts[None][0] == 8 and counts[6][0] == 2
+    # 2 fitting and 1 calibration window per word under the cap; more without it
+    assert counts[6][1] <= 3 * len(WORDS) < counts[None][1]
 
 
 @pytest.mark.parametrize("pair", ["distill/fit", "subword/fit"])

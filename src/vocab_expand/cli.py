@@ -76,6 +76,9 @@ def add_expand_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-reg", type=float, default=DEFAULTS.fit_reg,
                         help="fit: L2 pull toward the mean row (default: chosen on a calibration slice)")
     parser.add_argument("--distill-epochs", type=int, default=DEFAULTS.distill_epochs, help="(default: %(default)s)")
+    parser.add_argument("--distill-max-windows", type=int, default=DEFAULTS.distill_max_windows,
+                        help="distill: cap on contexts over all words; fewer per word for large word lists, never "
+                             "fewer than 2 (default: %(default)s)")
     parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
     parser.add_argument("--kind", choices=["vocab", "added"], default=DEFAULTS.kind,
                         help="vocab: real vocabulary entries (words); added: added tokens (control strings)")

@@ -67,6 +67,9 @@ class ExpandConfig:
     distill_context_tokens: int = 12
     distill_window: int = 4
     distill_epochs: int = 4
+    # Cap on fitting windows over all words, since distillation's cost grows with k: 1,000 words get
+    # 4 contexts each (never fewer than min_occurrences). None: distill_contexts for every word.
+    distill_max_windows: int | None = 4096
 
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of is not None:
@@ -85,8 +88,9 @@ class ExpandConfig:
             raise ValueError(f"cov_scale must be >= 0, got {self.cov_scale}")
         for name in ("min_sampled_occurrences", "distill_contexts", "distill_window"):
             _check_int(name, getattr(self, name), minimum=1)
-        if self.fit_max_positions is not None:
-            _check_int("fit_max_positions", self.fit_max_positions, minimum=1)
+        for name in ("fit_max_positions", "distill_max_windows"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
         for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
             _check_int(name, getattr(self, name), minimum=0)
         if not 0.0 < self.calibration_fraction < 1.0:

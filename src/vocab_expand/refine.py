@@ -42,8 +42,9 @@ def refine_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus:
     words = [e.word for e in plan.entries]
     rows.details["sample"] = sample_facts(sample, words)
     if get_strategy(rows.input_strategy).needs_corpus:
-        distill_key = ("distill", key, config.distill_contexts, config.distill_context_tokens, config.distill_window,
-                       config.distill_epochs, config.min_occurrences)
+        distill_key = ("distill", key, config.distill_contexts, config.distill_max_windows,
+                       config.distill_context_tokens, config.distill_window, config.distill_epochs,
+                       config.min_occurrences)
         if distill_key not in cache:
             cache[distill_key] = distilled(model, plan, sample, rows.input, config, words, progress)
         rows.input, rows.details["distill"] = cache[distill_key]
@@ -70,7 +71,8 @@ def distilled(model, plan, sample: DomainSample, start: Tensor, config: ExpandCo
     found = [w for chunk, cal in zip(sample.ids, sample.calibration.tolist())
              for w in windows_in(chunk, plan.pieces, n_old, start_id, context=config.distill_context_tokens,
                                  after=config.distill_window, calibration=cal)]
-    windows = select_windows(found, config.distill_contexts)
+    per_word = contexts_per_word(len(words), config)
+    windows = select_windows(found, per_word)
     seen = torch.bincount(torch.tensor([w.word for w in windows if not w.calibration], dtype=torch.long),
                           minlength=len(words))
     free = seen >= max(1, config.min_occurrences)
@@ -79,7 +81,16 @@ def distilled(model, plan, sample: DomainSample, start: Tensor, config: ExpandCo
     result = distill_rows(model, windows, start, n_old, free=free, epochs=config.distill_epochs, seed=config.seed,
                           progress=progress)
     result.report["fallback_words"] = [w for w, f in zip(words, free.tolist()) if not f]
+    result.report["contexts_per_word"] = per_word
     return result.rows, result.report
+
+
+def contexts_per_word(k: int, config: ExpandConfig) -> int:
+    """distill_contexts, lowered so that k words stay within distill_max_windows, but never below
+    min_occurrences (fewer would make every word fall back)."""
+    if config.distill_max_windows is None:
+        return config.distill_contexts
+    return min(config.distill_contexts, max(config.min_occurrences, 1, config.distill_max_windows // max(1, k)))
 
 
 def fitted(model, plan, sample: DomainSample, rows: NewRows, config: ExpandConfig, words, progress):
