@@ -91,3 +91,24 @@ def test_conflicting_entries_keep_their_tokenization(expanded):
             tokenizer(text, add_special_tokens=False)["input_ids"], text
     for text in ("Jehoshaphat<0x41> Jehoshaphat", "<0x41> Jehoshaphat", " Jehoshaphat yyyy"):
         assert_coarsening(tokenizer, plan.tokenizer, text, set(plan.new_token_ids))
+
+
+ALPHABET = "ab-]^[&\\\\.\u2581é東 "
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.text(alphabet=ALPHABET, min_size=1, max_size=4), min_size=1, max_size=40),
+       st.lists(st.text(alphabet=ALPHABET, max_size=5), max_size=30))
+def test_trie_pattern_matches_exactly_its_words_in_the_tokenizers_regex_engine(words, others):
+    """Wide nodes dispatch on character classes (regex metacharacters included); the pattern must still match
+    exactly the given strings, as the tokenizers library's Oniguruma reads it."""
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+
+    from vocab_expand.families.regex_trie import FAN, trie_pattern
+
+    whole = Split(Regex("\\A(?:" + trie_pattern(sorted(words)) + ")\\z"), behavior="removed")
+    for text in [*words, *others, *(w[:-1] for w in words if len(w) > 1), *(w + "a" for w in words)]:
+        matched = whole.pre_tokenize_str(text) == [] if text else False
+        assert matched == (text in words), text
+    assert len({w[0] for w in words}) <= FAN or "(?=[" in trie_pattern(sorted(words))
