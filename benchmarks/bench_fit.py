@@ -12,12 +12,14 @@ steps and the peak resident memory it added.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
 from pathlib import Path
 
 from vocab_expand import diagnose, expand, load_corpus, load_model, mine
+from vocab_expand.config import ExpandConfig
 
 STRATEGIES = ["zeros", "random", "hf_default", "mean", "mean_cov", "subword", "subword/mean", "subword/fit",
               "distill/mean", "distill/fit"]
@@ -27,11 +29,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True) -> dict:
+def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True,
+        options: dict | None = None) -> dict:
+    options = options or {}
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
-    cost = timed_expand(model, tokenizer, words, corpus) if timing else None
-    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False)
+    cost = timed_expand(model, tokenizer, words, corpus, options) if timing else None
+    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False, **options)
     rows = {name: {"bpc_after": row["bpc_after"], "bpc_change_percent": row["bpc_change_percent"],
                    "kl_mean": row["kl"]["mean"], "kl_max": row["kl"]["max"],
                    "moved_mean": row["moved_probability"]["mean"], "within_bound": row["within_bound"],
@@ -39,7 +43,7 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
             for name, row in found.strategies.items()}
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
-            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost}
+            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options}
 
 
 def _fit_facts(row: dict) -> dict:
@@ -48,11 +52,11 @@ def _fit_facts(row: dict) -> dict:
             "fallback_words": len(details.get("fit", details.get("distill", {})).get("fallback_words", []))}
 
 
-def timed_expand(model, tokenizer, words: list[str], corpus) -> dict:
+def timed_expand(model, tokenizer, words: list[str], corpus, options: dict) -> dict:
     """Wall time, steps and peak memory of a plain expand(..., corpus=...) with the defaults (distill/fit)."""
     rss_before = peak_rss_mb()
     began = time.perf_counter()
-    result = expand(model, tokenizer, words, corpus=corpus, progress=True)
+    result = expand(model, tokenizer, words, corpus=corpus, progress=True, **options)
     seconds = time.perf_counter() - began
     details = result.report["data_driven"]
     cost = {
@@ -77,10 +81,14 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--no-timing", action="store_true", help="skip the timed expand (rows are computed in diagnose)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     corpus = load_corpus("kjv")
-    results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing)
+    options = dict(_option(item) for item in args.set)
+    results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
+                   options=options)
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:
@@ -89,6 +97,17 @@ def main() -> None:
         for name, row in sorted(r["strategies"].items(), key=lambda kv: kv[1]["bpc_after"]):
             print(f"  {name:14s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")
+
+
+def _option(item: str) -> tuple[str, object]:
+    """"field=value" with the value read as JSON where it parses (numbers, null, true), else as a string."""
+    field, sep, value = item.partition("=")
+    if not sep or field not in {f.name for f in dataclasses.fields(ExpandConfig)}:
+        raise SystemExit(f"--set needs FIELD=VALUE with an ExpandConfig field, got {item!r}")
+    try:
+        return field, json.loads(value)
+    except json.JSONDecodeError:
+        return field, value
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def test_distillation_windows_match_the_last_piece_and_following_tokens():
 
 def test_distillation_window_cap_lowers_contexts_per_word_but_not_below_min_occurrences(tiny_tokenizer):
     assert [contexts_per_word(k, ExpandConfig(distill_max_windows=4096)) for k in (100, 1000, 5000)] == [8, 4, 2]
+    assert [contexts_per_word(k, ExpandConfig()) for k in (1000, 2000)] == [8, 4]  # the default cap
     assert contexts_per_word(10**6, ExpandConfig(distill_max_windows=None)) == 8
     assert contexts_per_word(5000, ExpandConfig(distill_max_windows=4096, min_occurrences=3)) == 3
     model = make_model("untied", len(tiny_tokenizer))

@@ -67,9 +67,10 @@ class ExpandConfig:
     distill_context_tokens: int = 12
     distill_window: int = 4
     distill_epochs: int = 4
-    # Cap on fitting windows over all words, since distillation's cost grows with k: 1,000 words get
-    # 4 contexts each (never fewer than min_occurrences). None: distill_contexts for every word.
-    distill_max_windows: int | None = 4096
+    # Cap on fitting windows over all words, since distillation's cost grows with k: 1,000 words keep 8
+    # contexts each, 2,000 get 4, never fewer than min_occurrences. None: distill_contexts for every word.
+    # Measured on SmolLM2, 1,000 words: 4 contexts each cost 0.47 points of bits per character (BENCHMARKS.md).
+    distill_max_windows: int | None = 8192
 
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of is not None:
