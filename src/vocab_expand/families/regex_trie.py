@@ -3,8 +3,9 @@ alternatives stay fast (the engine follows one branch per character instead of t
 
 Oniguruma backtracks through an alternation one branch at a time, so a node with many children (47 first
 letters after "▁" for 1,000 KJV words, tried at every space) would cost one try per branch. Wide nodes
-dispatch on a character class first, in a tree of at most FAN branches a level: measured on Gemma 3 with
-1,000 and 10,000 words, tokenization throughput rose from 0.72-0.81x to 0.84-0.89x of the original's.
+dispatch on a character class first, in a tree of at most FAN branches a level. Measured on Gemma 3,
+side by side, tokenization throughput rose from 0.72-0.81x of the original's to 0.80-0.93x with 1,000
+words, and from 0.73x to 0.84x with 10,000 (BENCHMARKS.md).
 
 Pure string work; the output is Oniguruma-compatible (the regex flavour of the tokenizers library).
 """
