@@ -5,8 +5,9 @@ Words: every KJV word the tokenizer splits (mined with min_count=1, mid form), t
 (syllable strings) to reach 50,000. Throughput: the held-out split (1,472 verses) encoded as one batch by the
 Rust backend on one thread, the minimum of --repeats interleaved runs. Each run starts with the BPE model's
 cache cleared, as for text the tokenizer has not seen: repeated text would be served from that cache, which
-holds whole pre-tokens (for Gemma, whole verses) and so rewards whichever tokenizer splits less. For SmolLM2 the time to expand includes the
-embedding growth of the real model; Gemma's embedding growth is in bench_expand.py.
+holds whole pre-tokens (for Gemma, whole verses) and so rewards whichever tokenizer splits less. For SmolLM2
+the time to expand includes the embedding growth of the real model; Gemma's embedding growth is in
+bench_expand.py.
 
     python benchmarks/bench_tokenize.py --out benchmarks/results/tokenize.json
 """

@@ -78,7 +78,7 @@ def add_expand_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distill-epochs", type=int, default=DEFAULTS.distill_epochs, help="(default: %(default)s)")
     parser.add_argument("--distill-max-windows", type=int, default=DEFAULTS.distill_max_windows,
                         help="distill: cap on contexts over all words; fewer per word for large word lists, never "
-                             "fewer than 2 (default: %(default)s)")
+                             f"fewer than min_occurrences ({DEFAULTS.min_occurrences}) (default: %(default)s)")
     parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
     parser.add_argument("--kind", choices=["vocab", "added"], default=DEFAULTS.kind,
                         help="vocab: real vocabulary entries (words); added: added tokens (control strings)")
