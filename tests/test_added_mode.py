@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vocab_expand import expand
 
-from conftest import make_model
+from helpers import make_model
 
 CONTROL = ["<tool_call>", "[ANSWER]"]
 

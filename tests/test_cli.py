@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vocab_expand import DEFAULTS, STRATEGIES
 from vocab_expand.cli import build_parser, main
 
-from conftest import make_model
+from helpers import make_model
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
+from helpers import make_model
 
 from vocab_expand.experiments import collect, compare
 from vocab_expand.training import RunFolder, TrainConfig, data_order, pack

@@ -10,7 +10,7 @@ from vocab_expand import load_corpus, load_model
 from vocab_expand import corpus as corpus_mod
 from vocab_expand import loading
 
-from conftest import make_model
+from helpers import make_model
 
 
 def test_txt_jsonl_and_folder_sources(tmp_path):

@@ -13,7 +13,7 @@ from vocab_expand.diagnostics import StrategyPair, diagnose, parse_strategies, s
 from vocab_expand.metrics import full_softmax_kl
 from vocab_expand.testing import negative_logit_twin
 
-from conftest import TINY_TEXT, make_model
+from helpers import TINY_TEXT, make_model
 
 WORDS = ["Jehoshaphat", "prophets"]
 DOCS = [t for t in TINY_TEXT if "Jehoshaphat" in t or "prophets" in t] + ["The quick brown fox jumps over the lazy dog."]

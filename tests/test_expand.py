@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vocab_expand import ExpandConfig, expand, hewitt_bound
 from vocab_expand.resize import embedding_layout
 
-from conftest import SPARE_ROWS, make_model
+from helpers import SPARE_ROWS, make_model
 
 WORDS = ["Jehoshaphat", "Nebuchadnezzar", "prophets", "liquor"]
 

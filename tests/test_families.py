@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from vocab_expand.expansion import make_config, plan_tokens
 from vocab_expand.loading import tokenizer_only
 
-from conftest import train_byte_level_bpe, train_sentencepiece_bpe, wrap
+from helpers import train_byte_level_bpe, train_sentencepiece_bpe, wrap
 from tokenizer_checks import assert_coarsening
 
 WORDS = ["Jehoshaphat", "Nebuchadnezzar", "prophets", "crêpes", "東京", "liquor"]

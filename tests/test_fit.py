@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEXT, make_model
+from helpers import TINY_TEXT, make_model
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from vocab_expand import Corpus, expand, plan_tokens

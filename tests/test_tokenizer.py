@@ -15,7 +15,7 @@ from vocab_expand import UnsupportedTokenizerError, expand
 from vocab_expand.families import detect_family
 from vocab_expand.tokenization import tokenizer_spec
 
-from conftest import make_model, wrap
+from helpers import make_model, wrap
 from tokenizer_checks import assert_coarsening
 
 WORDS = ["Jehoshaphat", "Nebuchadnezzar", "prophets", "crêpes", "東京"]

@@ -8,8 +8,14 @@ from .corpus import Corpus, load_corpus
 from .diagnostics import Diagnosis, diagnose
 from .expansion import Expansion, TokenPlan, apply_plan, expand, hewitt_bound, plan_tokens
 from .testing import negative_logit_twin
-from .families import UnsupportedTokenizerError
-from .io import OutputExistsError
+from .errors import (
+    InvalidInputError,
+    MissingResourceError,
+    OutputExistsError,
+    OutputNotWritableError,
+    UnsupportedTokenizerError,
+    VocabExpandError,
+)
 from .loading import DEFAULT_MODEL, load_model
 from .mining import Candidate, mine
 from .strategies import STRATEGIES, RowRequest, Strategy, get_strategy, register_strategy
@@ -26,12 +32,16 @@ __all__ = [
     "Diagnosis",
     "ExpandConfig",
     "Expansion",
+    "InvalidInputError",
+    "MissingResourceError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "RowRequest",
     "Skipped",
     "Strategy",
     "TokenPlan",
     "UnsupportedTokenizerError",
+    "VocabExpandError",
     "apply_plan",
     "diagnose",
     "expand",

@@ -16,9 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-
-class OutputExistsError(FileExistsError):
-    """The output folder exists and overwriting was not asked for."""
+from .errors import OutputExistsError
 
 
 def check_output_dir(path: str | os.PathLike, force: bool = False) -> Path:

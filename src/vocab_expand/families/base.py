@@ -16,11 +16,9 @@ from typing import Any, ClassVar
 
 from tokenizers import Tokenizer
 
+from ..errors import UnsupportedTokenizerError
+
 FORMS_OF = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
-
-
-class UnsupportedTokenizerError(ValueError):
-    """The tokenizer's family cannot take real vocabulary entries (yet)."""
 
 
 @dataclass(frozen=True)
