@@ -23,7 +23,7 @@ def model_dir(tmp_path, tiny_tokenizer):
 
 def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
     words = tmp_path / "words.txt"
-    words.write_text("# comment\nJehoshaphat\nprophets\tmid\t12\n\nthe\n", encoding="utf-8")
+    words.write_text("# comment\nJehoshaphat\nprophets\n\nthe\n", encoding="utf-8")
     out = tmp_path / "out"
     code = main(["expand", "--model", str(model_dir), "--words", str(words), "--word", "Nebuchadnezzar",
                  "--input-init", "subword", "--output-init", "mean", "-o", str(out)])

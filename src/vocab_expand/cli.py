@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Callable
 
+from .errors import InvalidInputError, MissingResourceError, VocabExpandError
 from .config import AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, ExpandConfig
 from .strategies import STRATEGIES
 
@@ -32,19 +35,46 @@ def command(name: str, help_text: str) -> Callable:
     return decorate
 
 
+# A file written by `vocab-expand mine`: every word line is WORD<TAB>FORM<TAB>COUNT.
+MINE_LINE = re.compile(r"^([^\t]+)\t(mid|initial)\t(\d+)$")
+
+
+def parse_words(text: str, source: str) -> list[str]:
+    """Words from the text of a words file: one a line, split on \\n (and \\r\\n) only, '#' comments, a
+    leading BOM dropped. A file whose every word line is WORD<TAB>FORM<TAB>COUNT (as `mine` writes) is a mine
+    file and gives its first column; otherwise a tab or other control character inside a word is refused
+    with its line number. Example: "Zion\\nNebuchadnezzar\\r\\n" -> ["Zion", "Nebuchadnezzar"]."""
+    numbered = [(n, line.removesuffix("\r")) for n, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1)]
+    numbered = [(n, line) for n, line in numbered if line.strip(" ") and not line.lstrip(" ").startswith("#")]
+    mined = [MINE_LINE.match(line.strip(" ")) for _, line in numbered]
+    if numbered and all(mined):
+        return [m.group(1).strip(" ") for m in mined]
+    words = []
+    for n, line in numbered:
+        bad = next((ch for ch in line if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            raise InvalidInputError(f"{source}:{n}: the word {line!r} holds the control character {bad!r}; "
+                                    "give one word a line, without tabs or control characters")
+        words.append(line.strip(" "))
+    return words
+
+
 def read_words(args: argparse.Namespace) -> list[str]:
-    """Words from --words FILE (one a line, '#' comments) and repeated --word."""
+    """Words from --words FILE (see parse_words) and repeated --word."""
     words: list[str] = []
     if getattr(args, "words", None):
         path = Path(args.words)
         if not path.is_file():
-            raise FileNotFoundError(f"no words file at {path}")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                words.append(line.split("\t")[0].strip())
-    words.extend(getattr(args, "word", None) or [])
+            raise MissingResourceError(f"no words file at {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidInputError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+        words.extend(parse_words(text, str(path)))
+    given = getattr(args, "word", None) or []
+    words.extend(parse_words("\n".join(given), "--word") if given else [])
     if not words:
-        raise ValueError("no words given: pass --words FILE (one word a line) or --word WORD (repeatable)")
+        raise InvalidInputError("no words given: pass --words FILE (one word a line) or --word WORD (repeatable)")
     return words
 
 
@@ -102,6 +132,8 @@ def build_expand(parser: argparse.ArgumentParser):
     add_expand_args(parser)
     parser.add_argument("-o", "--output", required=True, help="output folder (a loadable transformers model)")
     parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="save the model even when every word was skipped (by default that is an error)")
 
     def run(args: argparse.Namespace) -> int:
         from .corpus import load_corpus
@@ -109,7 +141,7 @@ def build_expand(parser: argparse.ArgumentParser):
         from .io import check_output_dir
         from .loading import load_model
 
-        check_output_dir(args.output, args.force)
+        check_output_dir(args.output, args.force, inputs=local_inputs(args.model))  # before any work
         words = read_words(args)
         config = expand_config(args)
         corpus = load_corpus(args.corpus) if args.corpus else None
@@ -118,15 +150,30 @@ def build_expand(parser: argparse.ArgumentParser):
                         **dataclasses.asdict(config) | {"inplace": True})
         result.report["model"] = args.model
         result.report["corpus"] = args.corpus
-        result.save(args.output, force=args.force)
-        print(f"added {len(result.new_tokens)} tokens ({result.report['input_strategy']} input rows, "
-              f"{result.report['output_strategy']} output rows); skipped {len(result.skipped)}")
-        for skip in result.skipped:
-            print(f"  skipped {skip.word!r}: {skip.reason}")
+        print_summary(result)
+        result.save(args.output, force=args.force, allow_empty=args.allow_empty)
         print(f"saved to {args.output}")
         return 0
 
     return run
+
+
+def local_inputs(model: str) -> list[str]:
+    """The model argument when it names something on disk, which no output may overlap."""
+    return [model] if Path(model).expanduser().exists() else []
+
+
+def print_summary(result) -> None:
+    """What was added, what was skipped and why, and the words that kept fallback rows (too rare in the text)."""
+    report = result.report
+    print(f"added {len(result.new_tokens)} tokens ({report['input_strategy']} input rows, "
+          f"{report['output_strategy']} output rows); skipped {len(result.skipped)}")
+    for skip in result.skipped:
+        print(f"  skipped {skip.word!r}: {skip.reason}")
+    for side, facts in report.get("data_driven", {}).items():
+        fallback = facts.get("fallback_words", []) if isinstance(facts, dict) else []
+        if fallback:
+            print(f"  {side}: {len(fallback)} words too rare in the text keep their fallback rows: {', '.join(fallback)}")
 
 
 @command("compare", "fine-tune with each initialization and show which adapts fastest")
@@ -299,14 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ModuleNotFoundError, OSError)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Only the project's own errors (the user's to fix) become one line and exit status 2;
+    anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except USER_ERRORS as err:
+    except VocabExpandError as err:
         print(f"vocab-expand {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
+from .errors import InvalidInputError, InvalidTypeError
 
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
@@ -75,18 +76,18 @@ class ExpandConfig:
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of is not None:
             if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
-                raise TypeError(
+                raise InvalidTypeError(
                     f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}"
                 )
             if self.pad_to_multiple_of <= 0:
-                raise ValueError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
+                raise InvalidInputError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
         _check_choice("forms", self.forms, ("mid", "initial", "both"))
         _check_choice("tie_policy", self.tie_policy, ("auto", "output", "input", "untie"))
         _check_choice("kind", self.kind, ("vocab", "added"))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise TypeError(f"seed must be an int, got {self.seed!r}")
+            raise InvalidTypeError(f"seed must be an int, got {self.seed!r}")
         if not self.cov_scale >= 0:
-            raise ValueError(f"cov_scale must be >= 0, got {self.cov_scale}")
+            raise InvalidInputError(f"cov_scale must be >= 0, got {self.cov_scale}")
         for name in ("min_sampled_occurrences", "distill_contexts", "distill_window"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("fit_max_positions", "distill_max_windows"):
@@ -95,9 +96,9 @@ class ExpandConfig:
         for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
             _check_int(name, getattr(self, name), minimum=0)
         if not 0.0 < self.calibration_fraction < 1.0:
-            raise ValueError(f"calibration_fraction must be between 0 and 1, got {self.calibration_fraction}")
+            raise InvalidInputError(f"calibration_fraction must be between 0 and 1, got {self.calibration_fraction}")
         if self.fit_reg is not None and not self.fit_reg >= 0:
-            raise ValueError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.fit_reg}")
+            raise InvalidInputError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.fit_reg}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,12 +115,12 @@ class ExpandConfig:
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 AUTO = "auto"

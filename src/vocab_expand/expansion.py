@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import resize
 from .config import AUTO, ExpandConfig
+from .errors import InvalidInputError, NothingAddedError
 from .io import atomic_directory, write_json
 from .strategies import RowRequest, Strategy, get_strategy
 from .tokenization import (
@@ -58,12 +59,17 @@ class Expansion:
     skipped: list[Skipped]
     report: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, *, force: bool = False) -> None:
+    def save(self, path: str | os.PathLike, *, force: bool = False, allow_empty: bool = False) -> None:
         """Write model, tokenizer and expansion.json to ``path`` atomically (a temporary folder, then rename).
 
         The folder loads with plain AutoModelForCausalLM/AutoTokenizer.from_pretrained, no custom code.
-        An existing folder is only replaced with force=True.
+        An existing folder is only replaced with force=True. When every word was skipped, nothing is saved
+        (NothingAddedError) unless allow_empty=True: an unchanged copy of the model is rarely what was meant.
         """
+        if not self.new_tokens and not allow_empty:
+            reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in self.skipped[:10])
+            raise NothingAddedError(f"every word was skipped ({reasons}), so nothing was saved; pass "
+                                    "allow_empty=True (--allow-empty) to save the unchanged model anyway")
         with atomic_directory(path, force=force) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -95,7 +101,7 @@ def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config
     spec = tokenizer_spec(tokenizer)
     first_id = next_free_id(spec)
     if first_id != len(tokenizer):
-        raise ValueError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
+        raise InvalidInputError(f"tokenizer ids are not contiguous: next free id {first_id}, len(tokenizer) {len(tokenizer)}")
     if config.kind == "added":
         family_name, plan = "added", plan_added_tokens(tokenizer, word_list)
     else:
@@ -227,12 +233,12 @@ def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = No
     for side, strategy in zip(("input", "output"), pair):
         if side not in strategy.sides and not (tied and side == "output"):
             other = "INPUT/fit, e.g. subword/fit or distill/fit" if side == "input" else "distill/OUTPUT, e.g. distill/mean"
-            raise ValueError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only; use {other}")
+            raise InvalidInputError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only; use {other}")
     if tied and pair[0].needs_corpus:
-        raise ValueError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
+        raise InvalidInputError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
                          "use tie_policy='auto' or 'untie' with different input and output strategies")
     if corpus is None and any(s.needs_corpus for s in pair):
-        raise ValueError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
+        raise InvalidInputError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
                          "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
     return pair
 

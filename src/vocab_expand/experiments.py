@@ -35,6 +35,7 @@ from .io import write_json, write_text_atomic
 from .strategies import get_strategy
 from .tokenization import check_words, start_token_id
 from .training import RunFolder, TrainConfig, TrainingData, pack, train_run
+from .errors import InvalidInputError, OutputExistsError
 
 DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
 REFERENCE = "hf_default"
@@ -113,7 +114,7 @@ def compare(
     with _runs_folder(output, request, force, accelerator) as runs:
         plan = plan_tokens(tokenizer, word_list, make_config(**options))
         if not plan.entries:
-            raise ValueError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
+            raise InvalidInputError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
         data = training_data(plan, tokenizer, corpus, config)
         status = {}
         for pair in pairs:
@@ -134,7 +135,7 @@ def _inputs(model, tokenizer, corpus, twin):
     if isinstance(model, str):
         model, tokenizer = load_model(model)
     elif tokenizer is None:
-        raise ValueError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
+        raise InvalidInputError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     if twin:
         from .testing import negative_logit_twin
@@ -165,10 +166,10 @@ def _runs_folder(output, request: dict, force: bool, accelerator) -> Iterator[Pa
     try:
         if accelerator.is_main_process:
             if path.exists() and not run_file.is_file() and any(path.iterdir()) and not force:
-                raise FileExistsError(f"{path} exists and is not a compare run folder; pick another or pass force=True (--force)")
+                raise OutputExistsError(f"{path} exists and is not a compare run folder; pick another or pass force=True (--force)")
             if run_file.is_file() and json.loads(run_file.read_text()) != _jsonable(request):
                 if not force:
-                    raise FileExistsError(f"{path} holds a different compare run (run.json differs); pass force=True "
+                    raise OutputExistsError(f"{path} holds a different compare run (run.json differs); pass force=True "
                                           "(--force) to replace it, or choose another folder")
                 shutil.rmtree(path)
             path.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .forward import capped
+from .errors import InvalidInputError
 
 # Candidate regularization strengths, strongest first: each solve starts from the previous one's rows.
 REG_PATH = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
@@ -143,7 +144,7 @@ def fit_rows(data: FitData, calibration: FitData, start: Tensor, mean_row: Tenso
     rows = start
     if reg is None:
         if not _any(calibration):
-            raise ValueError("no calibration positions to choose fit_reg on: give more text, or set fit_reg")
+            raise InvalidInputError("no calibration positions to choose fit_reg on: give more text, or set fit_reg")
         report["calibration_nll_start"] = mean_nll(start, calibration, cap)
         reg, rows, report["reg_path"] = choose_reg(data, calibration, start, mean_row, free, cap, progress)
         report["calibration_nll_fitted"] = min(p["calibration_nll"] for p in report["reg_path"])

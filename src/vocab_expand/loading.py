@@ -22,6 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .io import atomic_directory
+from .errors import CorruptFileError, HubUnreachableError, MissingPackageError, MissingResourceError
 
 CONVERTER_VERSION = "1"  # bump when the conversion changes, so stale caches are not reused
 
@@ -74,12 +75,12 @@ def bundled_gguf(alias: str) -> Path:
     bundled = BUNDLED[alias]
     spec = importlib.util.find_spec(bundled.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"the bundled model {alias!r} needs the package {bundled.package!r}. Install it with: {bundled.install}"
         )
     path = bundled.locate(Path(list(spec.submodule_search_locations)[0]))
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from {bundled.package}; reinstall it with: {bundled.install}")
+        raise MissingResourceError(f"{path} is missing from {bundled.package}; reinstall it with: {bundled.install}")
     return path
 
 
@@ -114,14 +115,14 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, bool]:
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise FileNotFoundError(f"no GGUF file at {path}")
+            raise MissingResourceError(f"no GGUF file at {path}")
         return str(converted_gguf(path)), True
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is a folder without config.json, so not a transformers model folder")
+            raise MissingResourceError(f"{path} is a folder without config.json, so not a transformers model folder")
         return str(path), True
     if path.exists() or name.startswith((".", "/", "~")):
-        raise FileNotFoundError(
+        raise MissingResourceError(
             f"{name!r} is neither a model folder, a .gguf file nor a bundled alias ({', '.join(BUNDLED)})"
         )
     return name, False
@@ -160,5 +161,5 @@ def tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTraine
     if gguf is None:
         return AutoTokenizer.from_pretrained(resolve(name)[0])
     if not gguf.is_file():
-        raise FileNotFoundError(f"no GGUF file at {gguf}")
+        raise MissingResourceError(f"no GGUF file at {gguf}")
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

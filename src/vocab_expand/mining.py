@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from .corpus import Corpus
 from .families import FORMS_OF, TokenizerFamily
 from .tokenization import family_of
+from .errors import InvalidInputError
 
 BATCH_DOCUMENTS = 1000
 LETTERS = re.compile(r"[^\W\d_]+")
@@ -69,11 +70,11 @@ def mine(
 ) -> list[Candidate]:
     """The top_k whole words of the train split that the tokenizer splits into 2+ pieces, best first."""
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+        raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
     if forms not in FORMS_OF:
-        raise ValueError(f"forms must be one of {', '.join(FORMS_OF)}; got {forms!r}")
+        raise InvalidInputError(f"forms must be one of {', '.join(FORMS_OF)}; got {forms!r}")
     if not corpus.train:
-        raise ValueError(f"corpus {corpus.name!r} has no training documents to mine")
+        raise InvalidInputError(f"corpus {corpus.name!r} has no training documents to mine")
     family = family_of(tokenizer)
     keep = re.compile(pattern) if pattern else None
     counts = count_words(corpus.train, allow_digits=not exclude_numbers, progress=progress)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import stats
+from .errors import InvalidInputError, InvalidTypeError
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RowPlan:
 def plan_rows(old_rows: int, tokens_before: int, k: int, pad_to_multiple_of: int | None = None) -> RowPlan:
     """The row plan for adding k tokens to a matrix of ``old_rows`` rows and a tokenizer of ``tokens_before``."""
     if tokens_before > old_rows:
-        raise ValueError(
+        raise InvalidInputError(
             f"the model has {old_rows} embedding rows but the tokenizer has {tokens_before} tokens; "
             "they must belong together (the model needs at least len(tokenizer) rows)"
         )
@@ -84,11 +85,11 @@ def embedding_layout(model: nn.Module) -> EmbeddingLayout:
     inp = model.get_input_embeddings()
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(inp, nn.Embedding):
-        raise TypeError(f"input embeddings are {type(inp).__name__}, expected torch.nn.Embedding")
+        raise InvalidTypeError(f"input embeddings are {type(inp).__name__}, expected torch.nn.Embedding")
     if out is not None and not isinstance(out, nn.Linear):
-        raise TypeError(f"output embeddings are {type(out).__name__}, expected torch.nn.Linear")
+        raise InvalidTypeError(f"output embeddings are {type(out).__name__}, expected torch.nn.Linear")
     if out is not None and out.weight.shape[0] != inp.weight.shape[0]:
-        raise ValueError(
+        raise InvalidInputError(
             f"input ({inp.weight.shape[0]}) and output ({out.weight.shape[0]}) row counts differ; "
             "vocab-expand needs one vocabulary for both"
         )
@@ -130,7 +131,7 @@ def set_weight(module: nn.Module, weight: Tensor, like: nn.Parameter) -> nn.Para
 def untie(model: nn.Module, layout: EmbeddingLayout) -> None:
     """Give the output head its own copy of the shared matrix and record that in the config."""
     if layout.output is None:
-        raise ValueError("this model has no output head to untie")
+        raise InvalidInputError("this model has no output head to untie")
     set_weight(layout.output, layout.input.weight.detach().clone(), layout.input.weight)
     for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
         config.tie_word_embeddings = False

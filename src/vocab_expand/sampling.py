@@ -40,6 +40,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .errors import InvalidInputError
+
 # Documents are cut into chunks of at most this many tokens (each scored after the start token).
 CHUNK_TOKENS = 256
 # Share of the position budget spent (in expectation) on anchors and their contexts.
@@ -158,11 +160,11 @@ def sample_domain(
     tail: tokens kept (unweighted) after each chunk's last kept position, for distillation windows.
     """
     if not documents:
-        raise ValueError("fit and distill need domain text: the corpus has no training documents")
+        raise InvalidInputError("fit and distill need domain text: the corpus has no training documents")
     occ = _scan(tokenizer, documents, n_old, k, progress)
     counts = np.bincount(occ.word, minlength=k)
     if counts.sum() == 0:
-        raise ValueError("none of the new words occurs in the training text, so there is nothing to fit them to; "
+        raise InvalidInputError("none of the new words occurs in the training text, so there is nothing to fit them to; "
                          "use a corpus that contains them, or mean/subword rows, which need no text")
     wanted = min_sampled_occurrences / (1.0 - calibration_fraction)
     budget = max_positions if max_positions is not None else auto_budget(occ, counts, wanted)

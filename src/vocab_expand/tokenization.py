@@ -22,6 +22,7 @@ from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .families import FORMS_OF, NewEntry, TokenizerFamily, detect_family
+from .errors import InvalidInputError, InvalidTypeError
 
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
@@ -45,7 +46,7 @@ def tokenizer_spec(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The tokenizers-library JSON of a fast tokenizer; a clear error for slow ones."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise TypeError(
+        raise UnsupportedTokenizerError(
             f"{type(tokenizer).__name__} is a slow (pure Python) tokenizer; vocab-expand needs a fast one. "
             "Load it with AutoTokenizer.from_pretrained(..., use_fast=True) or convert it first."
         )
@@ -55,13 +56,13 @@ def tokenizer_spec(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
 def check_words(words: Iterable[object]) -> list[str]:
     """The words as a list of str. TypeError for a non-str item, ValueError for no words at all."""
     if isinstance(words, (str, bytes)):
-        raise TypeError("words must be a list of strings, not one string: pass [word]")
+        raise InvalidTypeError("words must be a list of strings, not one string: pass [word]")
     listed = list(words)
     for item in listed:
         if not isinstance(item, str):
-            raise TypeError(f"every word must be a str; got {item!r} ({type(item).__name__})")
+            raise InvalidTypeError(f"every word must be a str; got {item!r} ({type(item).__name__})")
     if not listed:
-        raise ValueError("no words given: pass at least one word, e.g. expand(model, tokenizer, ['Jehoshaphat'])")
+        raise InvalidInputError("no words given: pass at least one word, e.g. expand(model, tokenizer, ['Jehoshaphat'])")
     return listed
 
 
@@ -158,4 +159,4 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     for value in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
         if value is not None:
             return int(value)
-    raise ValueError("the tokenizer has no BOS, EOS or pad token to start documents with")
+    raise InvalidInputError("the tokenizer has no BOS, EOS or pad token to start documents with")

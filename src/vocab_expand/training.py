@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .forward import batches
 from .io import write_json
+from .errors import InvalidInputError
 
 TrainMode = Literal["full", "embeddings", "new_rows"]
 SCHEDULER_FILE = "vocab_expand_scheduler.pt"
@@ -73,13 +74,13 @@ class TrainConfig:
         for name in ("steps", "eval_every", "batch_size", "gradient_accumulation", "seq_len", "eval_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if self.train not in ("full", "embeddings", "new_rows"):
-            raise ValueError(f"train must be full, embeddings or new_rows; got {self.train!r}")
+            raise InvalidInputError(f"train must be full, embeddings or new_rows; got {self.train!r}")
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise InvalidInputError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.batch_size % self.gradient_accumulation:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
+            raise InvalidInputError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
                              f"({self.gradient_accumulation})")
 
     @property
@@ -101,7 +102,7 @@ def data_order(rows: int, config: TrainConfig) -> Tensor:
     """The sequence indices of every step: [steps, batch_size]; a clear error when the text is too short."""
     needed = config.steps * config.batch_size
     if rows < needed:
-        raise ValueError(
+        raise InvalidInputError(
             f"the training text packs into {rows} sequences of {config.seq_len} tokens, but {config.steps} steps of "
             f"{config.batch_size} need {needed}: use fewer steps, a smaller batch_size or seq_len, or more text")
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(config.seed))
@@ -234,7 +235,7 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
     began = time.perf_counter()
     split = accelerator.num_processes * config.gradient_accumulation
     if config.batch_size % split:
-        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of processes x gradient_accumulation "
+        raise InvalidInputError(f"batch_size ({config.batch_size}) must be a multiple of processes x gradient_accumulation "
                          f"({accelerator.num_processes} x {config.gradient_accumulation})")
     order = data_order(data.rows.shape[0], config)
     params = set_trainable(model, config.train, data.first_new)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import stats
+from ..errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -93,5 +94,5 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
 def get_strategy(name: str) -> Strategy:
     """An instance of the registered strategy ``name``; a clear error naming the choices otherwise."""
     if not isinstance(name, str) or name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
+        raise InvalidInputError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]()
