@@ -1,0 +1,237 @@
+"""Hostile input: every case asserts its one-line message, its exit status, and that nothing the user had was
+changed or deleted (checksums of the input model folder and of any existing output, before and after).
+
+Cases run the CLI in-process (cli.main) on a tiny locally built model, so the suite needs no network and
+takes seconds. Bugs must keep their traceback: only the project's own errors become one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from vocab_expand import io as vio
+from vocab_expand.cli import main, parse_words
+from vocab_expand.errors import InvalidInputError, OutputNotWritableError
+
+from helpers import make_model
+
+
+def digest(path: Path) -> dict[str, str]:
+    """relative path -> sha256 (files) or "dir", for every entry under ``path`` (or the file itself)."""
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    out = {}
+    for entry in sorted(path.rglob("*")):
+        rel = str(entry.relative_to(path))
+        out[rel] = hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else "dir"
+    return out
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer) -> Path:
+    path = tmp_path / "model"
+    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    (path / "notes.txt").write_text("the user's own notes, kept inside the model folder")
+    return path
+
+
+@pytest.fixture
+def existing_output(tmp_path) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier output")
+    return out
+
+
+def run_refused(args: list[str], capsys, message: str, *kept: Path, status: int = 2) -> str:
+    """Run the CLI; assert the status, one error line holding ``message``, and ``kept`` unchanged."""
+    before = {p: digest(p) for p in kept}
+    assert main(args) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and message in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    for p in kept:
+        assert digest(p) == before[p], f"{p} changed"
+    return err[-1]
+
+
+def no_temporaries(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+# Item 2: an output that overlaps the input model, or is the current folder or a parent.
+@pytest.mark.parametrize("where", ["same", "inside", "contains"])
+def test_output_overlapping_the_input_model_is_refused(model_dir, tmp_path, capsys, where):
+    out = {"same": model_dir, "inside": model_dir / "expanded", "contains": tmp_path}[where]
+    expected = {"same": "is the input", "inside": "is inside the input", "contains": "contains the input"}[where]
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--input-init", "subword",
+                 "--output-init", "mean", "-o", str(out), "--force"], capsys, expected, model_dir)
+
+
+@pytest.mark.parametrize("out", [".", "..", "./", "sub/.."])
+def test_output_dot_and_dotdot_are_refused(model_dir, tmp_path, capsys, monkeypatch, out):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", out, "--force"], capsys,
+                "must name a new folder", model_dir, tmp_path)
+    assert no_temporaries(tmp_path) and no_temporaries(work)
+
+
+def test_output_containing_the_current_folder_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "a"), "--force"],
+                capsys, "contains the current folder", model_dir, tmp_path / "a")
+
+
+# Item 5: the output location is checked before any work.
+def test_unwritable_output_fails_before_loading(model_dir, tmp_path, capsys, monkeypatch):
+    import vocab_expand.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model before checking"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(blocker / "out")], capsys,
+                "is a file, not a folder", model_dir, blocker)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "touch", read_only)
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "out")], capsys,
+                "Read-only file system", model_dir)
+    run_refused(["diagnose", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "rep")],
+                capsys, "Read-only file system", model_dir)
+
+
+# Item 3: the swap is atomic, rolls back, cleans up after crashed runs, and follows the umask.
+def write_marker(target: Path, text: str, force: bool = True) -> None:
+    with vio.atomic_directory(target, force=force) as tmp:
+        (tmp / "marker.txt").write_text(text)
+
+
+@pytest.mark.parametrize("failing_rename", [0, 1])
+def test_swap_failure_at_each_rename_keeps_the_old_output(existing_output, monkeypatch, failing_rename):
+    before = digest(existing_output)
+    real, calls = os.rename, []
+
+    def rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) - 1 == failing_rename:
+            raise OSError(errno.EIO, "injected failure")
+        return real(src, dst)
+
+    monkeypatch.setattr(vio.os, "rename", rename)
+    with pytest.raises(OSError, match="injected"):
+        write_marker(existing_output, "new")
+    monkeypatch.setattr(vio.os, "rename", real)
+    assert digest(existing_output) == before and no_temporaries(existing_output.parent)
+
+
+def test_failure_while_writing_keeps_the_old_output(existing_output):
+    before = digest(existing_output)
+    with pytest.raises(RuntimeError):
+        with vio.atomic_directory(existing_output, force=True) as tmp:
+            (tmp / "half.bin").write_bytes(b"x" * 10)
+            raise RuntimeError("crash while writing")
+    assert digest(existing_output) == before and no_temporaries(existing_output.parent)
+
+
+def test_disk_full_while_saving_is_one_line(model_dir, existing_output, tmp_path, capsys, monkeypatch):
+    from vocab_expand.expansion import Expansion
+
+    def full(self, path, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(make_model("tied", 8)), "save_pretrained", full)
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(existing_output), "--force"],
+                capsys, "No space left on device", model_dir, existing_output)
+    assert no_temporaries(tmp_path)
+    assert Expansion  # the save path under test
+
+
+def dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        pid -= 1
+
+
+def test_stale_temporaries_of_crashed_runs_are_removed(existing_output):
+    stale = existing_output.with_name(f".out.tmp-{dead_pid()}-abcd")
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    live = existing_output.with_name(f".out.tmp-{os.getppid()}-ef01")  # a writer still running: left alone
+    live.mkdir()
+    write_marker(existing_output, "new")
+    assert not stale.exists() and live.exists()
+    assert (existing_output / "marker.txt").read_text() == "new"
+
+
+def test_crash_between_the_renames_is_rolled_back_on_the_next_run(tmp_path):
+    target = tmp_path / "out"
+    old = tmp_path / f".out.old-{dead_pid()}"
+    old.mkdir()
+    (old / "keep.txt").write_text("an earlier output")
+    vio.clean_stale(target)
+    assert (target / "keep.txt").read_text() == "an earlier output" and not old.exists()
+
+
+def test_output_folders_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_marker(tmp_path / "out", "x")
+        vio.write_text_atomic(tmp_path / "words.txt", "Zion\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "words.txt").stat().st_mode) == 0o644
+
+
+# Item 4: the words file is read as written.
+@pytest.mark.parametrize("text, expected", [
+    ("Nebu\x0bchad\n", "control character '\\x0b'"),
+    ("Zion\nJeho\tshaphat\n", "words.txt:2: the word 'Jeho\\tshaphat'"),
+    ("Zion\nMel\u2028chizedek\n", "control character '\\u2028'"),
+    ("Abc\x85def\n", "control character '\\x85'"),
+])
+def test_words_with_control_characters_are_refused_with_their_line(model_dir, tmp_path, capsys, text, expected):
+    words = tmp_path / "words.txt"
+    words.write_text(text, encoding="utf-8")
+    run_refused(["expand", "--model", str(model_dir), "--words", str(words), "-o", str(tmp_path / "o")], capsys,
+                expected, model_dir, words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_words_file_bom_crlf_and_mine_columns():
+    assert parse_words("\ufeffZion\r\nNebuchadnezzar\r\n# note\n\n", "w") == ["Zion", "Nebuchadnezzar"]
+    assert parse_words("Jehoshaphat\tmid\t12\nZion\tinitial\t3\n", "w") == ["Jehoshaphat", "Zion"]
+    with pytest.raises(InvalidInputError, match=r"w:1: "):  # one plain line, so not a mine file: tabs refused
+        parse_words("Jehoshaphat\tmid\t12\nZe\trubbabel\n", "w")
+
+
+# Item 6: bugs keep their traceback; only the project's own errors become one line.
+def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
+    import vocab_expand.expansion as expansion
+
+    def buggy(*args, **kwargs):
+        raise TypeError("a bug inside vocab-expand")
+
+    monkeypatch.setattr(expansion, "expand", buggy)
+    with pytest.raises(TypeError, match="a bug inside"):
+        main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")])
+    with pytest.raises(OutputNotWritableError):  # and the API raises the family, which stays a PermissionError
+        vio.check_output_dir(tmp_path / "model" / "notes.txt" / "x")
