@@ -229,3 +229,68 @@ def test_an_update_with_an_infinite_gradient_is_skipped_not_applied(setup, tmp_p
     assert all(math.isfinite(r["bits_per_character"]) for r in result.evaluations["mean"])
     assert result.summary()["mean"]["skipped_steps"] == [3]
     assert "| 1 |" in (out / "report.md").read_text()
+
+
+def test_force_validates_first_and_deletes_only_the_run(setup, tmp_path):
+    """Issue 16, item 1: a --force rerun that fails validation deletes nothing; force removes only what a run wrote."""
+    out = tmp_path / "runs"
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, **FAST)
+    (out / "notes.txt").write_text("the user's own notes")
+    finished = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="use fewer steps"):
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "zeros", out, progress=False, force=True,
+                **{**FAST, "steps": 5000})
+    assert sorted(p.name for p in out.iterdir()) == finished and (out / "mean" / "state.json").is_file()
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "zeros", out, progress=False, force=True, **FAST)
+    assert (out / "notes.txt").read_text() == "the user's own notes"
+    assert not (out / "mean").exists() and (out / "zeros" / "state.json").is_file()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("not a run")
+    with pytest.raises(FileExistsError, match="not a compare run folder"):
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "zeros", other, progress=False, force=True,
+                **FAST)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_refused_request_leaves_no_run_json(setup, tmp_path):
+    """Issue 16, item 11: text too short for the steps leaves nothing behind, so the corrected rerun just runs."""
+    out = tmp_path / "runs"
+    with pytest.raises(ValueError, match="use fewer steps"):
+        compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False,
+                **{**FAST, "steps": 5000})
+    assert not out.exists()
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, **FAST)
+
+
+def test_resume_before_the_first_checkpoint_keeps_one_step_0_evaluation(setup, tmp_path):
+    """Issue 16, item 11: a run killed before its first checkpoint had logged step 0; the rerun logs it once."""
+    out = tmp_path / "runs"
+    for _ in range(3):  # killed three times after step 1, before the checkpoint at step 2
+        result = cli(setup, out, "--strategies", "mean", env={"VOCAB_EXPAND_CRASH_AFTER_STEP": "1"})
+        assert result.returncode == 137, result.stderr
+    assert cli(setup, out, "--strategies", "mean").returncode == 0
+    steps = [r["step"] for r in metrics(out, "mean") if "bits_per_character" in r]
+    assert steps == [0, 2, 4, 6]
+
+
+def test_new_rows_training_never_decays_old_rows(setup, tmp_path, tiny_tokenizer):
+    """Issue 16, item 11: AdamW's decoupled weight decay must not shrink the frozen rows."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "runs"
+    compare(str(setup / "model"), str(setup / "corpus.jsonl"), WORDS, "mean", out, progress=False, train="new_rows",
+            weight_decay=0.5, save_final=True, **FAST)
+    before = AutoModelForCausalLM.from_pretrained(setup / "model").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "mean" / "final").state_dict()
+    n = len(tiny_tokenizer)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert torch.equal(after[name][:n], before[name]), name
+
+
+@pytest.mark.parametrize("option, value", [("checkpoint_every", 0), ("warmup_steps", -5), ("weight_decay", -0.1),
+                                           ("max_grad_norm", 0.0), ("max_time_s", -1.0)])
+def test_numeric_training_options_are_validated(option, value):
+    """Issue 16, item 8: no silent replacement by a default."""
+    with pytest.raises(ValueError, match=option):
+        TrainConfig(**{option: value})

@@ -31,10 +31,10 @@ from transformers import PreTrainedTokenizerBase
 from .corpus import Corpus, load_corpus
 from .diagnostics import StrategyPair, heldout_sample, parse_strategies
 from .expansion import apply_plan, make_config, plan_tokens
-from .io import write_json, write_text_atomic
+from .io import check_no_overlap, check_writable, write_json, write_text_atomic
 from .strategies import get_strategy
 from .tokenization import check_words, start_token_id
-from .training import RunFolder, TrainConfig, TrainingData, pack, train_run
+from .training import RunFolder, TrainConfig, TrainingData, data_order, pack, train_run
 from .errors import InvalidInputError, OutputExistsError
 
 DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
@@ -103,19 +103,22 @@ def compare(
     config = TrainConfig(**train_options)
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
+    if output is not None:  # before any work: the folder must be writable and hold none of the inputs
+        check_runs_folder(Path(output), [m for m in (model, corpus) if isinstance(m, (str, os.PathLike))])
     label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin)
     options = dict(expand_options or {})
     for pair in pairs:  # bad choices fail before any work
         get_strategy(pair.input), get_strategy(pair.output)
+    plan = plan_tokens(tokenizer, word_list, make_config(**options))
+    if not plan.entries:
+        raise InvalidInputError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
+    data = training_data(plan, tokenizer, corpus, config)
+    data_order(data.rows.shape[0], config)  # text too short for the steps: refused before RUNS/ is touched
     # cpu=True without a GPU: under a multi-process launcher Accelerate then runs gloo across CPU processes.
     accelerator = Accelerator(cpu=not _has_gpu(), mixed_precision="bf16" if config.bf16 and _bf16_supported() else "no")
     request = {"label": label, "corpus": corpus.name, "words": word_list, "strategies": [p.name for p in pairs],
                "train": config.to_dict(), "expand": options}
     with _runs_folder(output, request, force, accelerator) as runs:
-        plan = plan_tokens(tokenizer, word_list, make_config(**options))
-        if not plan.entries:
-            raise InvalidInputError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
-        data = training_data(plan, tokenizer, corpus, config)
         status = {}
         for pair in pairs:
             status[pair.name] = _run_strategy(model, plan, pair, corpus, data, config, options,
@@ -128,6 +131,13 @@ def compare(
     return comparison
 
 
+def check_runs_folder(path: Path, inputs: list) -> None:
+    """RUNS/ may exist (a rerun resumes), but must be writable and overlap neither the model nor the corpus."""
+    local = [str(i) for i in inputs if str(i) not in ("kjv",) and Path(str(i)).expanduser().exists()]
+    check_no_overlap(path, local)
+    check_writable(path)
+
+
 def _inputs(model, tokenizer, corpus, twin):
     from .loading import load_model
 
@@ -136,7 +146,7 @@ def _inputs(model, tokenizer, corpus, twin):
         model, tokenizer = load_model(model)
     elif tokenizer is None:
         raise InvalidInputError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
-    corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    corpus = load_corpus(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus
     if twin:
         from .testing import negative_logit_twin
 
@@ -158,20 +168,22 @@ def _bf16_supported() -> bool:
 
 @contextlib.contextmanager
 def _runs_folder(output, request: dict, force: bool, accelerator) -> Iterator[Path]:
-    """RUNS/: created, resumed when run.json matches the request, refused (or wiped with force) otherwise.
-    Without an output folder, a temporary one that is removed afterwards."""
+    """RUNS/: created, resumed when run.json matches the request, refused otherwise; with force, a different
+    run's own files are removed (see clear_run) and nothing else. A folder holding other things is never a run
+    folder. Without an output folder, a temporary one that is removed afterwards."""
     tmp = tempfile.mkdtemp(prefix="vocab-expand-compare-") if output is None else None
     path = Path(tmp or output)
     run_file = path / "run.json"
     try:
         if accelerator.is_main_process:
-            if path.exists() and not run_file.is_file() and any(path.iterdir()) and not force:
-                raise OutputExistsError(f"{path} exists and is not a compare run folder; pick another or pass force=True (--force)")
-            if run_file.is_file() and json.loads(run_file.read_text()) != _jsonable(request):
+            if path.exists() and not run_file.is_file() and any(path.iterdir()):
+                raise OutputExistsError(f"{path} exists, is not empty and is not a compare run folder (no run.json); "
+                                        "choose a new or empty folder")
+            if run_file.is_file() and _read_run(run_file) != _jsonable(request):
                 if not force:
                     raise OutputExistsError(f"{path} holds a different compare run (run.json differs); pass force=True "
-                                          "(--force) to replace it, or choose another folder")
-                shutil.rmtree(path)
+                                            "(--force) to replace it, or choose another folder")
+                clear_run(path)
             path.mkdir(parents=True, exist_ok=True)
             write_json(run_file, request)
         accelerator.wait_for_everyone()
@@ -179,6 +191,33 @@ def _runs_folder(output, request: dict, force: bool, accelerator) -> Iterator[Pa
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+RUN_FILES = ("comparison.json", "report.md", "bits_per_character.png", "train_loss.png")
+
+
+def _read_run(run_file: Path) -> Any:
+    try:
+        return json.loads(run_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None  # unreadable: a different run
+
+
+def clear_run(path: Path) -> None:
+    """Remove what a compare run wrote into ``path``: its files and the folders of the strategies its run.json
+    names. The user's own files in the folder stay."""
+    old = _read_run(path / "run.json")
+    names = old.get("strategies", []) if isinstance(old, dict) else []
+    for name in names if isinstance(names, list) else []:
+        try:
+            folder = path / folder_name(StrategyPair.parse(str(name)))
+        except InvalidInputError:
+            continue  # not a strategy name, so not a folder this project wrote
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    (path / "run.json").unlink()
 
 
 def _jsonable(data: Any) -> Any:

@@ -56,18 +56,24 @@ def check_output_dir(path: str | os.PathLike, force: bool = False, inputs: Itera
     where = _overlap(resolved, Path.cwd().resolve())
     if where in ("is", "contains"):
         raise InvalidInputError(f"output {target} {where} the current folder; choose a folder elsewhere")
-    for given in inputs:
-        source = Path(given).expanduser()
-        where = _overlap(resolved, source.resolve()) if source.exists() else None
-        if where:
-            raise InvalidInputError(f"output {target} {where} the input {source}; choose a folder outside it "
-                                    "(the input is never overwritten)")
+    check_no_overlap(target, inputs)
     if target.exists() and not force:
         raise OutputExistsError(f"{target} already exists; choose another output folder or pass --force (force=True)")
     if target.exists() and not target.is_dir():
         raise OutputExistsError(f"{target} exists and is not a folder; remove it or choose another path")
     check_writable(target)
     return target
+
+
+def check_no_overlap(target: Path, inputs: Iterable[str | os.PathLike]) -> None:
+    """InvalidInputError when ``target`` is, is inside, or contains one of the ``inputs`` that exist."""
+    resolved = target.expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser()
+        where = _overlap(resolved, source.resolve()) if source.exists() else None
+        if where:
+            raise InvalidInputError(f"output {target} {where} the input {source}; choose a folder outside it "
+                                    "(the input is never overwritten)")
 
 
 def check_writable(target: Path) -> None:

@@ -79,13 +79,24 @@ class TrainConfig:
             raise InvalidInputError(f"train must be full, embeddings or new_rows; got {self.train!r}")
         if not self.learning_rate > 0:
             raise InvalidInputError(f"learning_rate must be positive, got {self.learning_rate}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise InvalidInputError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not self.weight_decay >= 0:
+            raise InvalidInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("max_grad_norm", "max_time_s"):  # None turns them off; 0 or less would be silently wrong
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise InvalidInputError(f"{name} must be positive or None (off), got {getattr(self, name)}")
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool) or
+                                                  not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
+            raise InvalidInputError(f"checkpoint_every must be a positive integer or None (at every evaluation), "
+                                    f"got {self.checkpoint_every!r}")
         if self.batch_size % self.gradient_accumulation:
             raise InvalidInputError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
                              f"({self.gradient_accumulation})")
 
     @property
     def checkpoint_interval(self) -> int:
-        return self.checkpoint_every or self.eval_every
+        return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,7 +250,13 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
                          f"({accelerator.num_processes} x {config.gradient_accumulation})")
     order = data_order(data.rows.shape[0], config)
     params = set_trainable(model, config.train, data.first_new)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # new_rows: AdamW's decoupled decay would shrink the frozen old rows too (it does not look at gradients), so
+    # the embedding matrices get no decay there and _decay_new_rows applies it to the new rows only.
+    embeddings = _embedding_weights(model) if config.train == "new_rows" else []
+    groups = [{"params": [p for p in params if all(p is not e for e in embeddings)]},
+              {"params": embeddings, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
     schedule = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / config.steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     # The scheduler is not prepared: Accelerate would step it once per process, but batch_size is global here.
@@ -250,12 +267,15 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
         accelerator.load_state(str(folder.checkpoint))
         scheduler.load_state_dict(torch.load(folder.checkpoint / SCHEDULER_FILE, weights_only=True))
     if accelerator.is_main_process:
-        folder.cut_to(step)
+        # From scratch (step 0), every record goes: a run killed before its first checkpoint already logged the
+        # step-0 evaluation, which is made again below.
+        folder.cut_to(step if step else -1)
     if step == 0:
         _log_eval(model, data, 0, folder, accelerator)
     bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_main_process))
     while step < config.steps:
-        facts = _optimizer_step(model, optimizer, scheduler, data.rows, order[step], config, accelerator)
+        facts = _optimizer_step(model, optimizer, scheduler, data.rows, order[step], config, accelerator,
+                                lambda lr: _decay_new_rows(embeddings, data.first_new, lr, config.weight_decay))
         step += 1
         bar.update(1)
         if accelerator.is_main_process:
@@ -273,8 +293,21 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
     return "finished"
 
 
+def _embedding_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The distinct embedding matrices (one when tied)."""
+    found = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    return list({id(p): p for p in found}.values())
+
+
+@torch.no_grad()
+def _decay_new_rows(embeddings: list[nn.Parameter], first_new: int, lr: float, weight_decay: float) -> None:
+    """AdamW's decoupled weight decay, p <- p (1 - lr wd), on rows first_new: only (new_rows training)."""
+    for p in embeddings:
+        p[first_new:].mul_(1 - lr * weight_decay)
+
+
 def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, config: TrainConfig,
-                    accelerator) -> dict[str, Any]:
+                    accelerator, before_update=lambda lr: None) -> dict[str, Any]:
     """One optimizer step over the global batch ``indices``: this process's share, in accumulation micro-steps.
     Returns the loss, the gradient norm before clipping, and skipped=True when that norm was not finite."""
     share = indices.view(accelerator.num_processes, -1)[accelerator.process_index]
@@ -292,6 +325,7 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
     norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf))
     skipped = not math.isfinite(norm)
     if not skipped:  # an inf or nan gradient would turn every weight it reaches into nan: skip the update
+        before_update(scheduler.get_last_lr()[0])
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
