@@ -235,3 +235,33 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
         main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")])
     with pytest.raises(OutputNotWritableError):  # and the API raises the family, which stays a PermissionError
         vio.check_output_dir(tmp_path / "model" / "notes.txt" / "x")
+
+
+# Item 8: every numeric option is validated, before any work, by the config that defines it.
+@pytest.mark.parametrize("args, message", [
+    (["diagnose", "--max-tokens", "0"], "max_tokens must be an integer >= 1"),
+    (["diagnose", "--max-tokens", "-5"], "max_tokens must be an integer >= 1"),
+    (["mine", "--min-count", "-1"], "min_count must be an integer >= 1"),
+    (["mine", "--min-length", "-3"], "min_length must be an integer >= 1"),
+    (["mine", "--top", "0"], "top_k must be an integer >= 1"),
+    (["mine", "--pattern", "([a-z"], "is not a valid regular expression"),
+    (["expand", "--fit-max-positions", "1"], "fit_max_positions must be an integer >= 1024"),
+    (["expand", "--fit-max-positions", "100"], "fit_max_positions must be an integer >= 1024"),
+    (["expand", "--distill-epochs", "-1"], "distill_epochs must be an integer >= 0"),
+    (["expand", "--pad-to-multiple-of", "0"], "pad_to_multiple_of must be positive"),
+    (["compare", "--checkpoint-every", "0"], "checkpoint_every must be a positive integer"),
+    (["compare", "--warmup-steps", "-5"], "warmup_steps must be an integer >= 0"),
+    (["compare", "--steps", "0"], "steps must be a positive integer"),
+    (["compare", "--max-time", "0"], "max_time_s must be positive"),
+    (["demo", "--top", "0"], "top_k must be an integer >= 1"),
+])
+def test_numeric_options_are_validated_before_any_work(model_dir, tmp_path, capsys, monkeypatch, args, message):
+    import vocab_expand.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded the model before validating"))
+    monkeypatch.setattr(loading, "tokenizer_only", lambda *a, **k: pytest.fail("loaded the tokenizer first"))
+    out = tmp_path / ("words.txt" if args[0] == "mine" else "out")
+    extra = [] if args[0] in ("mine", "demo") else ["--word", "Jehoshaphat"]
+    run_refused([*args, "--model", str(model_dir), "--corpus", str(tmp_path / "none.txt"), *extra, "-o", str(out)],
+                capsys, message, model_dir)
+    assert not out.exists()

@@ -244,8 +244,9 @@ def build_mine(parser: argparse.ArgumentParser):
         from .corpus import load_corpus
         from .io import check_output_file
         from .loading import tokenizer_only
-        from .mining import heldout_saving, mine
+        from .mining import check_options, heldout_saving, mine
 
+        check_options(args.top, args.min_count, args.min_length, args.pattern, args.forms)  # before any work
         if args.output:
             check_output_file(args.output, args.force)
         tokenizer = tokenizer_only(args.model)
@@ -288,12 +289,13 @@ def build_diagnose(parser: argparse.ArgumentParser):
 
     def run(args: argparse.Namespace) -> int:
         from .corpus import load_corpus
-        from .diagnostics import diagnose, parse_strategies
+        from .diagnostics import check_max_tokens, diagnose, parse_strategies
         from .io import atomic_directory, check_output_dir
         from .loading import load_model
         from .report import table, write_into
 
-        check_output_dir(args.output, args.force)
+        check_output_dir(args.output, args.force, inputs=local_inputs(args.model))
+        check_max_tokens(args.max_tokens)
         words = read_words(args)
         pairs = [p.name for p in parse_strategies(args.strategies)]
         corpus = load_corpus(args.corpus)
@@ -331,7 +333,11 @@ def build_demo(parser: argparse.ArgumentParser):
 
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
+        from .diagnostics import check_max_tokens
+        from .mining import check_options
 
+        check_max_tokens(args.max_tokens)
+        check_options(args.top, 1, 1, None, DEFAULTS.forms)
         return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens)
 
     return run

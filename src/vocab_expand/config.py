@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from .errors import InvalidInputError, InvalidTypeError
 
+# Smallest fit_max_positions: four chunks of 256 tokens. With fewer, the sample can hold no anchor at all, or
+# none in the calibration slice (measured: 1, 10 and 100 failed on kjv, with an IndexError or "give more text").
+MIN_FIT_POSITIONS = 1024
+
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
 TokenKind = Literal["vocab", "added"]
@@ -90,9 +94,10 @@ class ExpandConfig:
             raise InvalidInputError(f"cov_scale must be >= 0, got {self.cov_scale}")
         for name in ("min_sampled_occurrences", "distill_contexts", "distill_window"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("fit_max_positions", "distill_max_windows"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+        if self.fit_max_positions is not None:  # below this, the sample may hold no text to fit or calibrate on
+            _check_int("fit_max_positions", self.fit_max_positions, minimum=MIN_FIT_POSITIONS)
+        if self.distill_max_windows is not None:
+            _check_int("distill_max_windows", self.distill_max_windows, minimum=1)
         for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
             _check_int(name, getattr(self, name), minimum=0)
         if not 0.0 < self.calibration_fraction < 1.0:

@@ -122,6 +122,7 @@ def diagnose(
     Other keyword options go to the expansion (ExpandConfig fields such as tie_policy or forms). Strategies
     that learn from text (fit, distill) learn from ``corpus.train``; figures are always on ``corpus.heldout``.
     """
+    check_max_tokens(max_tokens)
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
     for pair in pairs:
@@ -144,6 +145,12 @@ def diagnose(
         figures["strategies"][pair.name] = row
         diagnosis.kl[pair.name] = kl
     return diagnosis
+
+
+def check_max_tokens(max_tokens: int) -> None:
+    """max_tokens must be a positive integer: 0 or less once scored a single document and still gave a verdict."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InvalidInputError(f"max_tokens must be an integer >= 1 (held-out tokens scored), got {max_tokens!r}")
 
 
 def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:

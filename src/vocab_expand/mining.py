@@ -69,14 +69,10 @@ def mine(
     progress: bool = True,
 ) -> list[Candidate]:
     """The top_k whole words of the train split that the tokenizer splits into 2+ pieces, best first."""
-    if top_k < 1:
-        raise InvalidInputError(f"top_k must be at least 1, got {top_k}")
-    if forms not in FORMS_OF:
-        raise InvalidInputError(f"forms must be one of {', '.join(FORMS_OF)}; got {forms!r}")
+    keep = check_options(top_k, min_count, min_length, pattern, forms)
     if not corpus.train:
         raise InvalidInputError(f"corpus {corpus.name!r} has no training documents to mine")
     family = family_of(tokenizer)
-    keep = re.compile(pattern) if pattern else None
     counts = count_words(corpus.train, allow_digits=not exclude_numbers, progress=progress)
     wanted = set(FORMS_OF[forms])
     found = []
@@ -92,6 +88,20 @@ def mine(
             found.append(candidate)
     found.sort(key=lambda c: (-c.tokens_saved, -c.count, c.word, c.form))
     return found[:top_k]
+
+
+def check_options(top_k: int, min_count: int, min_length: int, pattern: str | None, forms: str) -> re.Pattern | None:
+    """The compiled pattern (or None), after checking every option; InvalidInputError says which is wrong.
+    Example: check_options(100, 5, 3, "^[A-Z]", "mid") -> re.compile("^[A-Z]")."""
+    for name, value in (("top_k", top_k), ("min_count", min_count), ("min_length", min_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {value!r}")
+    if forms not in FORMS_OF:
+        raise InvalidInputError(f"forms must be one of {', '.join(FORMS_OF)}; got {forms!r}")
+    try:
+        return re.compile(pattern) if pattern else None
+    except re.error as err:
+        raise InvalidInputError(f"pattern {pattern!r} is not a valid regular expression: {err}") from err
 
 
 def _candidate(family: TokenizerFamily, word: str, form: str, count: int) -> Candidate | None:

@@ -177,6 +177,8 @@ def sample_domain(
     whole = rng.random(len(occ.lengths)) < rate
     cut[whole] = occ.lengths[whole]
     chosen = np.flatnonzero(cut > 0)
+    if not len(chosen):
+        raise InvalidInputError(f"a budget of {budget} positions drew no text to fit on: raise fit_max_positions")
     chunks = _chunks(tokenizer, documents, occ.doc_of, chosen)
     keep = _keep_probabilities(occ, pi_word, rate, chosen, cut)
     ids = [chunk[: int(cut[c]) + tail] for chunk, c in zip(chunks, chosen.tolist())]
