@@ -265,3 +265,123 @@ def test_numeric_options_are_validated_before_any_work(model_dir, tmp_path, caps
     run_refused([*args, "--model", str(model_dir), "--corpus", str(tmp_path / "none.txt"), *extra, "-o", str(out)],
                 capsys, message, model_dir)
     assert not out.exists()
+
+
+# Item 6: damaged files, bad corpora, bad patterns: one line that names the file.
+def damaged_copy(model_dir: Path, tmp_path: Path, how: str) -> Path:
+    import shutil
+
+    import torch
+
+    copy = tmp_path / f"model-{how}"
+    shutil.copytree(model_dir, copy)
+    weights = copy / "model.safetensors"
+    if how == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif how == "garbage":
+        weights.write_bytes(b"not a safetensors file" * 4)
+    else:  # a pickle that runs code when unpickled: weights_only refuses it
+        weights.unlink()
+        torch.save({"x": _Evil()}, copy / "pytorch_model.bin")
+    return copy
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "looks truncated or damaged"),
+                                          ("garbage", "looks truncated or damaged"),
+                                          ("pickle", "refused for safety")])
+def test_damaged_weights_are_one_line(model_dir, tmp_path, capsys, how, message):
+    damaged = damaged_copy(model_dir, tmp_path, how)
+    line = run_refused(["expand", "--model", str(damaged), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")], capsys,
+                       message, damaged, model_dir)
+    assert str(damaged) in line and not (tmp_path / "o").exists()
+
+
+def test_truncated_gguf_is_one_line(tmp_path, capsys, monkeypatch):
+    from vocab_expand.loading import bundled_gguf
+
+    try:
+        source = bundled_gguf("smollm2-135m")
+    except ModuleNotFoundError:
+        pytest.skip("the bundled model is not installed")
+    monkeypatch.setenv("VOCAB_EXPAND_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "cut.gguf"
+    with source.open("rb") as handle:
+        gguf.write_bytes(handle.read(3_000_000))
+    run_refused(["mine", "--model", str(gguf), "--corpus", str(tmp_path / "none.txt")], capsys,
+                "looks truncated or damaged", gguf)
+    run_refused(["expand", "--model", str(gguf), "--word", "Zion", "-o", str(tmp_path / "o")], capsys,
+                "looks truncated or damaged", gguf)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def corpus_refused(model_dir, tmp_path, capsys, corpus: Path, message: str) -> None:
+    run_refused(["mine", "--model", str(model_dir), "--corpus", str(corpus), "-o", str(tmp_path / "w.txt")], capsys,
+                message, model_dir, corpus)
+    assert not (tmp_path / "w.txt").exists()
+
+
+def test_malformed_jsonl_names_file_and_line(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "one"}\n{"text": "two"}\n{"text": "three",}\n', encoding="utf-8")
+    corpus_refused(model_dir, tmp_path, capsys, corpus, f"{corpus}:3: not valid JSON")
+
+
+def test_binary_txt_names_file_and_line(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(b"a fine line\n\x89PNG\r\n\x1a\n\xff\xfe\n")
+    corpus_refused(model_dir, tmp_path, capsys, corpus, f"{corpus}:2: not UTF-8 text")
+
+
+def test_fifo_in_a_corpus_folder_is_skipped_not_read(model_dir, tmp_path, capsys):
+    from vocab_expand.corpus import load_corpus
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("And Jehoshaphat said unto the king\n" * 30, encoding="utf-8")
+    os.mkfifo(folder / "b.txt")  # reading it would block forever
+    corpus = load_corpus(folder)
+    assert len(corpus.train) + len(corpus.heldout) == 30
+    corpus_refused(model_dir, tmp_path, capsys, folder / "b.txt", "not a regular file")
+
+
+# Item 7: a hub id without network fails fast with what to use offline.
+def test_hub_id_without_network_fails_fast(tmp_path, capsys, monkeypatch):
+    import time
+
+    from vocab_expand import loading
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the probe is refused at once
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    loading._probe.cache_clear()
+    began = time.perf_counter()
+    run_refused(["mine", "--model", "nobody/no-such-model", "--corpus", str(tmp_path / "none.txt")], capsys,
+                "Offline, use a bundled alias")
+    run_refused(["expand", "--model", "nobody/no-such-model", "--word", "Zion", "-o", str(tmp_path / "o")], capsys,
+                "hub cannot be reached")
+    assert time.perf_counter() - began < 10
+    loading._probe.cache_clear()
+
+
+# Item 13: a corpus given as a path string is loaded, never read as one-character documents.
+def test_corpus_as_a_path_string(model_dir, tmp_path, tiny_tokenizer):
+    import vocab_expand as ve
+    from vocab_expand.errors import InvalidTypeError
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)),
+                      encoding="utf-8")
+    found = ve.mine(tiny_tokenizer, str(corpus), top_k=3, min_count=2, progress=False)
+    assert "Jehoshaphat" in [c.word for c in found]
+    model = make_model("untied", len(tiny_tokenizer))
+    result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=str(corpus), fit_max_positions=1024,
+                       distill_epochs=1)
+    assert result.report["data_driven"]["sample"]["occurrences_in_training_text"]["Jehoshaphat"] > 100
+    with pytest.raises(InvalidTypeError, match="corpus must be a Corpus"):
+        ve.mine(tiny_tokenizer, ["a list", "of documents"], progress=False)

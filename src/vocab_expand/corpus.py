@@ -18,8 +18,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-from .errors import InvalidInputError, MissingPackageError, MissingResourceError
+from typing import Iterator, Sequence
+from .errors import InvalidInputError, InvalidTypeError, MissingPackageError, MissingResourceError
 
 # 1 in 20 documents held out: for kjv that is about 1,550 verses (about 200 kB), enough for stable figures.
 HELDOUT_FRACTION = 0.05
@@ -51,20 +51,41 @@ def kjv_path() -> Path:
 
 
 def _read_file(path: Path) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise InvalidInputError(f"{path}:{number}: each .jsonl line needs a string field 'text'")
-                yield record["text"]
-    elif path.suffix == ".txt":
-        with path.open(encoding="utf-8") as handle:
-            yield from (line.rstrip("\n") for line in handle)
-    else:
+    """The documents of one .txt or .jsonl file (lines split on \\n, a \\r before it and a leading BOM dropped);
+    errors name the file and the line."""
+    if path.suffix not in (".txt", ".jsonl"):
         raise InvalidInputError(f"{path}: corpus files must be .txt or .jsonl")
+    with path.open("rb") as handle:  # bytes, so that a decoding error can name its line
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidInputError(f"{path}:{number}: not UTF-8 text (byte {raw[err.start]:#04x}); corpus "
+                                        "files must be UTF-8 .txt or .jsonl") from err
+            line = line.removeprefix("\ufeff") if number == 1 else line
+            line = line.removesuffix("\n").removesuffix("\r")
+            if path.suffix == ".txt":
+                yield line
+            elif line.strip():
+                yield _jsonl_text(line, path, number)
+
+
+def _jsonl_text(line: str, path: Path, number: int) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise InvalidInputError(f"{path}:{number}: each .jsonl line needs a string field 'text'")
+    return record["text"]
+
+
+def corpus_files(path: Path) -> list[Path]:
+    """The .txt and .jsonl files of a folder, sorted; regular files only (a FIFO or socket would hang a read)."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
+    if not files:
+        raise InvalidInputError(f"{path} holds no .txt or .jsonl files")
+    return files
 
 
 def iter_documents(name_or_path: str | os.PathLike) -> Iterator[str]:
@@ -75,17 +96,36 @@ def iter_documents(name_or_path: str | os.PathLike) -> Iterator[str]:
     else:
         path = Path(name).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
-            if not files:
-                raise InvalidInputError(f"{path} holds no .txt or .jsonl files")
+            files = corpus_files(path)
         elif path.is_file():
             files = [path]
+        elif path.exists():
+            raise InvalidInputError(f"{path} is not a regular file or folder (a pipe or device?); give a file")
         else:
             raise MissingResourceError(f"no corpus {name!r}: use 'kjv', a .txt or .jsonl file, or a folder of them")
     for file in files:
         for doc in _read_file(file):
             if doc.strip():
                 yield doc
+
+
+def as_corpus(corpus: "Corpus | str | os.PathLike | Sequence[str] | None") -> "Corpus | Sequence[str] | None":
+    """A corpus argument as the API takes it: a Corpus or a list of documents unchanged; a name or path (an
+    alias such as "kjv", a file or a folder) loaded. A lone str is never read as a list of 1-character documents."""
+    if isinstance(corpus, (str, os.PathLike)):
+        return load_corpus(corpus)
+    if isinstance(corpus, bytes):
+        raise InvalidTypeError("corpus must be a Corpus, a path or alias (str), or a list of documents; got bytes")
+    return corpus
+
+
+def require_corpus(corpus: "Corpus | str | os.PathLike") -> "Corpus":
+    """A Corpus, loading a name or path; InvalidTypeError for anything else (diagnose and mine need both splits)."""
+    found = as_corpus(corpus)
+    if not isinstance(found, Corpus):
+        raise InvalidTypeError(f"corpus must be a Corpus (vocab_expand.load_corpus(...)) or a path or alias such as "
+                               f"'kjv'; got {type(corpus).__name__}")
+    return found
 
 
 def is_heldout(document: str, fraction: float = HELDOUT_FRACTION) -> bool:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from . import metrics
-from .corpus import Corpus
+from .corpus import Corpus, require_corpus
 from .expansion import Expansion, NewRows, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
 from .forward import PassStats, head_logits, run_pass
 from .strategies import STRATEGIES, get_strategy
@@ -123,6 +123,7 @@ def diagnose(
     that learn from text (fit, distill) learn from ``corpus.train``; figures are always on ``corpus.heldout``.
     """
     check_max_tokens(max_tokens)
+    corpus = require_corpus(corpus)
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
     for pair in pairs:

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from . import resize
 from .config import AUTO, ExpandConfig
+from .corpus import as_corpus
 from .errors import InvalidInputError, NothingAddedError
 from .io import atomic_directory, write_json
 from .strategies import RowRequest, Strategy, get_strategy
@@ -125,6 +126,7 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
     """Grow the model's matrices for a token plan (on a copy unless config.inplace). ``rows`` reuses rows
     computed before (new_rows); otherwise they are computed here, from ``corpus`` for fit and distill."""
     start = time.perf_counter()
+    corpus = as_corpus(corpus)
     config = config.resolved(corpus is not None)
     rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
     new_model = model if config.inplace else copy.deepcopy(model)
@@ -171,10 +173,11 @@ def expand(
 
     Input rows come from ``input_init`` and output rows from ``output_init`` (names in STRATEGIES; the
     default "auto" is distill/fit when ``corpus`` is given and subword/mean when not). ``corpus`` (a Corpus,
-    whose train split is used, or documents) is the domain text that `fit` and `distill` learn from. Other ExpandConfig fields (forms, tie_policy,
+    whose train split is used, a path or alias such as "kjv", or a list of documents) is the domain text that `fit` and `distill` learn from. Other ExpandConfig fields (forms, tie_policy,
     cov_scale, fit_max_positions, inplace, ...) are accepted as keyword options. Returns an
     :class:`Expansion`; words that cannot be added are reported in ``skipped``, never silently dropped.
     """
+    corpus = as_corpus(corpus)  # a path or alias is loaded, never read as one-character documents
     config = make_config(input_init=input_init, output_init=output_init, seed=seed,
                          pad_to_multiple_of=pad_to_multiple_of, **options).resolved(corpus is not None)
     check_strategies(model, config, corpus)  # bad choices fail before any work

@@ -5,24 +5,38 @@ dequantizes GGUF to float32 but marks the model as quantized and refuses to save
 from its config (without quantization_config), load the state dict, and cache the result as safetensors in
 a cache folder (platformdirs' user cache dir, or VOCAB_EXPAND_CACHE). Later loads read the cache.
 
+A damaged file (truncated safetensors or GGUF, a pickle that weights_only refuses) becomes one
+CorruptFileError naming it. A hub id is only tried when a TCP probe of the hub answers (once per process, a
+few seconds at most) or the model is in the local cache; otherwise HubUnreachableError says what works offline.
+
 Left out: corpora (corpus.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
+import socket
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .io import atomic_directory
-from .errors import CorruptFileError, HubUnreachableError, MissingPackageError, MissingResourceError
+from .errors import (
+    CorruptFileError,
+    HubUnreachableError,
+    MissingPackageError,
+    MissingResourceError,
+    VocabExpandError,
+)
 
 CONVERTER_VERSION = "1"  # bump when the conversion changes, so stale caches are not reused
 
@@ -92,8 +106,9 @@ def converted_gguf(gguf: Path) -> Path:
     target = cache_dir() / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with unreadable_as_corrupt(gguf):
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -135,21 +150,13 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a bundled alias (smollm2-135m, gemma3-270m), a local folder, a .gguf file or a
-    hub id (hub ids need a reachable hub). The model is in eval mode."""
+    hub id (hub ids need a reachable hub, or a copy in the Hugging Face cache). The model is in eval mode."""
     target, local = resolve(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(target, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(target, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            target, config=config, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-    except OSError as err:
-        if local:
-            raise
-        raise OSError(
-            f"could not load {target!r} from the hub ({err}). Offline, use a bundled alias "
-            f"({', '.join(BUNDLED)}), a local model folder or a .gguf file."
-        ) from err
+    options = dict(trust_remote_code=trust_remote_code, **({} if local else hub_options(target)))
+    with unreadable_as_corrupt(Path(target)) if local else hub_errors(target):
+        config = AutoConfig.from_pretrained(target, **options)
+        tokenizer = AutoTokenizer.from_pretrained(target, **options)
+        model = AutoModelForCausalLM.from_pretrained(target, config=config, dtype=dtype, **options)
     model.eval()
     return model, tokenizer
 
@@ -159,7 +166,93 @@ def tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTraine
     name = str(name_or_path)
     gguf = bundled_gguf(name) if name in BUNDLED else Path(name).expanduser() if name.endswith(".gguf") else None
     if gguf is None:
-        return AutoTokenizer.from_pretrained(resolve(name)[0])
+        target, local = resolve(name)
+        with unreadable_as_corrupt(Path(target)) if local else hub_errors(target):
+            return AutoTokenizer.from_pretrained(target, **({} if local else hub_options(target)))
     if not gguf.is_file():
         raise MissingResourceError(f"no GGUF file at {gguf}")
-    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with unreadable_as_corrupt(gguf):
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+# What third-party readers raise on a damaged file: safetensors' SafetensorError is a plain Exception, a
+# pickle blocked by weights_only an UnpicklingError, a truncated GGUF a ValueError from numpy's reshape.
+def _reader_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, pickle.UnpicklingError, ValueError, OSError, EOFError, KeyError, RuntimeError)
+
+
+@contextlib.contextmanager
+def unreadable_as_corrupt(path: Path) -> Iterator[None]:
+    """Turn a reader's failure on the user's file or folder into one CorruptFileError that names it. Only
+    wraps the from_pretrained calls, so the project's own bugs are not hidden."""
+    try:
+        yield
+    except VocabExpandError:
+        raise
+    except _reader_errors() as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise CorruptFileError(f"cannot load {path}: {first}{_hint(err)}") from err
+
+
+def _hint(err: BaseException) -> str:
+    text = str(err)
+    if "weights_only" in text:
+        return (" (a pickle checkpoint with more than tensors, refused for safety: convert it to safetensors from "
+                "a source you trust)")
+    if "deserializing header" in text or "cannot reshape" in text or isinstance(err, EOFError):
+        return " (the file looks truncated or damaged: copy or download it again)"
+    return ""
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection, decided once per process (a few seconds at
+    most, where transformers would retry for half a minute). HF_HUB_OFFLINE=1 means no; behind a proxy we
+    cannot tell, so yes."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    return _probe(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(endpoint: str, timeout: float) -> bool:
+    url = urllib.parse.urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def hub_options(repo: str) -> dict[str, Any]:
+    """from_pretrained options for a hub id: none when the hub answers; from the local cache only when it does
+    not and the cache has the model; otherwise HubUnreachableError with what works offline."""
+    if hub_reachable():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return {"local_files_only": True}
+    raise HubUnreachableError(
+        f"{repo!r} looks like a hub id, but the Hugging Face hub cannot be reached and the model is not in the "
+        f"local cache. Offline, use a bundled alias ({', '.join(BUNDLED)}), a local model folder or a .gguf file."
+    )
+
+
+@contextlib.contextmanager
+def hub_errors(repo: str) -> Iterator[None]:
+    """A hub id that does not exist or cannot be fetched: one line with the offline alternatives."""
+    try:
+        yield
+    except OSError as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise MissingResourceError(
+            f"could not load {repo!r} from the hub ({first}). Offline, use a bundled alias "
+            f"({', '.join(BUNDLED)}), a local model folder or a .gguf file."
+        ) from err

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .corpus import Corpus
+from .corpus import Corpus, require_corpus
 from .families import FORMS_OF, TokenizerFamily
 from .tokenization import family_of
 from .errors import InvalidInputError
@@ -70,6 +70,7 @@ def mine(
 ) -> list[Candidate]:
     """The top_k whole words of the train split that the tokenizer splits into 2+ pieces, best first."""
     keep = check_options(top_k, min_count, min_length, pattern, forms)
+    corpus = require_corpus(corpus)
     if not corpus.train:
         raise InvalidInputError(f"corpus {corpus.name!r} has no training documents to mine")
     family = family_of(tokenizer)
@@ -114,6 +115,7 @@ def _candidate(family: TokenizerFamily, word: str, form: str, count: int) -> Can
 
 def heldout_saving(tokenizer: PreTrainedTokenizerBase, corpus: Corpus, candidates: list[Candidate]) -> dict[str, Any]:
     """Expected saving on the held-out split: tokens saved by the candidates / tokens of the split now."""
+    corpus = require_corpus(corpus)
     counts = count_words(corpus.heldout, allow_digits=True)
     saved = sum(counts[(c.word, c.form)] * (c.pieces - 1) for c in candidates)
     total = 0
