@@ -116,8 +116,6 @@ def test_bad_input(tiny_tokenizer):
         parse_strategies("a/b/c")
     with pytest.raises(ValueError, match="no strategies"):
         parse_strategies(" , ")
-    with pytest.raises(ValueError, match="none of the words occurs in the held-out text"):
-        diagnose(model, tiny_tokenizer, ["Zerubbabel"], CORPUS, ["mean"], progress=False, generate=False)
     with pytest.raises(ValueError, match="no held-out documents"):
         diagnose(model, tiny_tokenizer, WORDS, Corpus("c", ["a b"], []), ["mean"])
     with pytest.raises(ValueError, match="has no documents"):
@@ -125,3 +123,41 @@ def test_bad_input(tiny_tokenizer):
     with pytest.raises(ValueError, match="nothing to diagnose"):
         diagnose(model, tiny_tokenizer, ["the"], CORPUS, ["mean"], progress=False, generate=False)
     assert [p.name for p in parse_strategies("zeros, subword/mean,zeros")] == ["zeros", "subword/mean"]
+
+
+def test_words_beyond_the_first_tokens_are_sampled_and_weighted(tiny_tokenizer):
+    """Issue 16, item 9: the word occurs only late in the held-out split, beyond max_tokens."""
+    filler = [f"The quick brown fox jumps over the lazy dog number {i}." for i in range(60)]
+    corpus = Corpus("late", train=TINY_TEXT, heldout=filler + [DOCS[0]])
+    model = make_model("tied", len(tiny_tokenizer))
+    d = diagnose(model, tiny_tokenizer, ["Jehoshaphat"], corpus, ["mean"], max_tokens=150, progress=False,
+                 generate=False)
+    f = d.figures
+    assert f["sample"]["documents_with_words"] == 1 and f["sample"]["weighted"]
+    assert f["words_absent_from_heldout"] == [] and "bpc_after" in f["strategies"]["mean"]
+    assert f["documents"] < len(corpus.heldout)
+
+
+def test_held_out_sample_weights_are_unbiased(tiny_tokenizer):
+    from vocab_expand.diagnostics import addable_plan, weighted_heldout_sample
+
+    filler = [f"The quick brown fox jumps over the lazy dog number {i}." * (1 + i % 3) for i in range(80)]
+    corpus = Corpus("c", train=TINY_TEXT, heldout=filler + DOCS * 5)
+    plan = addable_plan(tiny_tokenizer, ["Jehoshaphat"], {})
+    total = sum(map(len, corpus.heldout))
+    estimates = []
+    for seed in range(200):
+        sample = weighted_heldout_sample(corpus, tiny_tokenizer, plan, 600, seed)
+        estimates.append(sum(w * len(doc) for w, doc in zip(sample.weights.tolist(), sample.docs)))
+        assert sample.documents_with_words == sample.heldout_documents_with_words  # under the cap: all of them
+    assert sum(estimates) / len(estimates) == pytest.approx(total, rel=0.03)
+
+
+def test_words_absent_from_the_held_out_split_are_listed(tiny_tokenizer):
+    """Issue 16, item 9: figures that need no occurrence are reported; bits per character is left out."""
+    model = make_model("tied", len(tiny_tokenizer))
+    d = diagnose(model, tiny_tokenizer, ["Zerubbabel"], CORPUS, ["mean"], progress=False, generate=False)
+    assert d.figures["words_absent_from_heldout"] == ["Zerubbabel"] and "not measured" in d.figures["bpc_note"]
+    row = d.strategies["mean"]
+    assert row["kl"]["max"] <= row["hewitt_bound_nats"] + 1e-6 and "bpc_after" not in row
+    assert "SAFE" in row["verdict"]

@@ -313,6 +313,11 @@ def build_diagnose(parser: argparse.ArgumentParser):
                 (tmp / "twin").mkdir()
                 write_into(found[1], tmp / "twin")
         for diagnosis in found:
+            absent = diagnosis.figures["words_absent_from_heldout"]
+            if absent:
+                print(f"{len(absent)} words never occur in the held-out split: {', '.join(absent)}")
+            if "bpc_note" in diagnosis.figures:
+                print(f"bits per character {diagnosis.figures['bpc_note']}")
             print(table(diagnosis))
             for row in diagnosis.strategies.values():
                 print("  " + row["verdict"])

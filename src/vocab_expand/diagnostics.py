@@ -10,6 +10,12 @@ For each strategy (an input/output pair), on the held-out split:
 5. Bits per character of the held-out text, before and after (characters do not depend on the tokenizer).
 6. Greedy and seeded sampled generations before and after.
 
+The held-out sample (capped by max_tokens): every held-out document that holds a new word, up to half the
+cap, plus a seeded random sample of the others; each document is weighted by the inverse of its (known)
+probability of being drawn, so every figure estimates the whole split's without bias (Horvitz-Thompson, a
+ratio for bits per character). Words that never occur in the split are listed; bits per character, the one
+figure that needs occurrences, is then left out, and the others are still reported.
+
 Cost: one forward pass of the original model gives every strategy's figures 1-4 (only a [P x k] product per
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
 tokenization changed; the others reuse the original pass.
@@ -23,13 +29,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from . import metrics
 from .corpus import Corpus, require_corpus
-from .expansion import Expansion, NewRows, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
+from .expansion import Expansion, NewRows, TokenPlan, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
 from .forward import PassStats, head_logits, run_pass
 from .strategies import STRATEGIES, get_strategy
 from .tokenization import check_words, start_token_id
@@ -73,11 +80,28 @@ def parse_strategies(specs: Iterable[str] | str) -> list[StrategyPair]:
     return pairs
 
 
-def summarize(values: Tensor) -> dict[str, float]:
-    """mean, median, 99th percentile and maximum of a 1-D tensor."""
+def summarize(values: Tensor, weights: Tensor | None = None) -> dict[str, float]:
+    """mean, median, 99th percentile and maximum of a 1-D tensor; with ``weights`` [same shape], the weighted
+    mean and quantiles (each value counts as its weight). Example: summarize(tensor([1., 3.]), tensor([3., 1.]))
+    has mean 1.5 and median 1.0."""
     v = values.to(torch.float64)
-    return {"mean": v.mean().item(), "median": v.median().item(),
-            "p99": torch.quantile(v, 0.99).item() if v.numel() else math.nan, "max": v.max().item()}
+    if weights is None or not v.numel() or bool((weights == weights.flatten()[0]).all()):
+        return {"mean": v.mean().item(), "median": v.median().item(),
+                "p99": torch.quantile(v, 0.99).item() if v.numel() else math.nan, "max": v.max().item()}
+    w = weights.to(torch.float64)
+    order = v.argsort()
+    cumulative = w[order].cumsum(0)
+
+    def quantile(q: float) -> float:
+        at = torch.searchsorted(cumulative, q * cumulative[-1]).clamp(max=len(v) - 1)
+        return v[order][at].item()
+
+    return {"mean": (v * w).sum().item() / w.sum().item(), "median": quantile(0.5), "p99": quantile(0.99),
+            "max": v.max().item()}
+
+
+def weighted_mean(values: Tensor, weights: Tensor) -> float:
+    return ((values.double() * weights).sum() / weights.sum()).item() if values.numel() else math.nan
 
 
 @dataclass
@@ -128,9 +152,11 @@ def diagnose(
     word_list = check_words(words)
     for pair in pairs:
         check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **expand_options), corpus)
-    docs = heldout_sample(corpus, tokenizer, max_tokens)
-    runner = _Runner(model, tokenizer, docs, seed, progress, expand_options, corpus)
-    runner.check_words_occur(word_list)
+    plan = addable_plan(tokenizer, word_list, expand_options)
+    sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
+    runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus)
+    runner.use_plan(plan)
+    bits_per_character = bits_per_character and not runner.no_occurrences
     figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
     diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z)
     prompt_list = list(prompts) if generate else []
@@ -154,6 +180,67 @@ def check_max_tokens(max_tokens: int) -> None:
         raise InvalidInputError(f"max_tokens must be an integer >= 1 (held-out tokens scored), got {max_tokens!r}")
 
 
+def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_options: dict[str, Any]) -> TokenPlan:
+    """The token plan; InvalidInputError when no word can be added (nothing to diagnose)."""
+    plan = plan_tokens(tokenizer, words, make_config(**expand_options))
+    if not plan.entries:
+        reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped)
+        raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
+    return plan
+
+
+# Share of max_tokens for held-out documents that hold a new word: up to it, every such document is scored.
+OCCURRENCE_SHARE = 0.5
+BATCH_DOCUMENTS = 1000
+
+
+@dataclass
+class HeldoutSample:
+    """Held-out documents to score, each with weight 1 / P(drawn) (Horvitz-Thompson), so that weighted sums
+    estimate sums over the whole held-out split without bias. All weights are 1 when the split fits."""
+
+    docs: list[str]
+    weights: Tensor  # [documents] float64
+    documents_with_words: int  # in the sample
+    heldout_documents_with_words: int  # in the whole split
+
+
+def weighted_heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, plan: TokenPlan, max_tokens: int,
+                            seed: int = 0) -> HeldoutSample:
+    """About ``max_tokens`` tokens of held-out text: every document that holds a new word (Poisson-sampled
+    down to OCCURRENCE_SHARE of the budget when they hold more), and a seeded Poisson sample of the others
+    for the rest. Inclusion probabilities are fixed before drawing, so the weights 1/p are exact."""
+    if not corpus.heldout:
+        raise InvalidInputError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
+    lengths, holds = _token_counts(corpus.heldout, tokenizer, plan)
+    total, with_words = lengths.sum(), (lengths * holds).sum()
+    if total <= max_tokens:
+        p_words = p_other = 1.0
+    else:
+        cap = OCCURRENCE_SHARE * max_tokens
+        p_words = min(1.0, cap / with_words) if with_words else 1.0
+        rest = total - with_words
+        p_other = min(1.0, (max_tokens - min(with_words, cap)) / rest) if rest else 1.0
+    prob = np.where(holds, p_words, p_other)
+    drawn = np.random.default_rng(seed).random(len(prob)) < prob
+    chosen = np.flatnonzero(drawn)
+    if not len(chosen):
+        raise InvalidInputError(f"max_tokens={max_tokens} drew no held-out document; raise max_tokens")
+    return HeldoutSample([corpus.heldout[i] for i in chosen.tolist()], torch.tensor(1.0 / prob[chosen]),
+                         int(holds[chosen].sum()), int(holds.sum()))
+
+
+def _token_counts(docs: list[str], tokenizer, plan: TokenPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens of each document in the original tokenization, whether its expanded tokenization has a new token)."""
+    lengths, holds = [], []
+    for start in range(0, len(docs), BATCH_DOCUMENTS):  # batches: never all token ids at once
+        batch = docs[start : start + BATCH_DOCUMENTS]
+        lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+        holds += [any(t >= plan.tokens_before for t in ids)
+                  for ids in plan.tokenizer(batch, add_special_tokens=False)["input_ids"]]
+    return np.array(lengths, dtype=np.int64), np.array(holds, dtype=bool)
+
+
 def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
     """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
     if not corpus.heldout:
@@ -170,8 +257,9 @@ def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_token
 class _Runner:
     """Shared state of one diagnosis: the original pass, expanded tokenizations, passes per input rows."""
 
-    def __init__(self, model, tokenizer, docs, seed, progress, expand_options, corpus=None):
-        self.model, self.tokenizer, self.docs, self.corpus = model, tokenizer, docs, corpus
+    def __init__(self, model, tokenizer, sample: HeldoutSample, seed, progress, expand_options, corpus=None):
+        docs = sample.docs
+        self.model, self.tokenizer, self.docs, self.corpus, self.sample = model, tokenizer, docs, corpus, sample
         self.rows_by_pair: dict[StrategyPair, NewRows] = {}
         self.refine_cache: dict = {}
         self.seed, self.progress, self.expand_options = seed, progress, expand_options
@@ -181,8 +269,11 @@ class _Runner:
         self.original = run_pass(model, self.original_ids, self.n_old, self.start_id, progress=progress,
                                  desc="original model")
         self.characters = sum(len(d) for d in docs)
-        nll = (self.original.log_z - self.original.target_logit).sum().item()
-        self.bpc_before = nll / math.log(2) / self.characters
+        # Weighted: characters and negative log-likelihood both estimate the whole split's (a ratio estimator).
+        self.weighted_characters = float((torch.tensor([len(d) for d in docs], dtype=torch.float64) * sample.weights).sum())
+        self.weight = sample.weights[self.original.doc]  # [P] each position counts as its document's weight
+        nll = ((self.original.log_z - self.original.target_logit).double() * self.weight).sum().item()
+        self.bpc_before = nll / math.log(2) / self.weighted_characters
         self.expanded_ids: list[list[int]] | None = None
         self.input_passes: dict[str, PassStats] = {}
 
@@ -199,24 +290,18 @@ class _Runner:
     def expansion(self, pair: StrategyPair) -> Expansion:
         return apply_plan(self.model, self.plan, self.config(pair), self.rows(pair))
 
-    def check_words_occur(self, words: list[str]) -> None:
-        """Plan the tokens once; the words must be addable and occur in the sample."""
-        self.plan = plan_tokens(self.tokenizer, words, make_config(**self.expand_options))
-        if not self.plan.entries:
-            reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in self.plan.skipped)
-            raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
-        probe = self.plan
+    def use_plan(self, plan: TokenPlan) -> None:
+        """Tokenize the sample with the plan; find the prefixes without new tokens and the words absent from it."""
+        self.plan = probe = plan
         self.k = len(probe.entries)
         self.skipped = [s._asdict() for s in probe.skipped]
         self.expanded_ids = probe.tokenizer(self.docs, add_special_tokens=False)["input_ids"]
         self.changed = [i for i, (a, b) in enumerate(zip(self.original_ids, self.expanded_ids)) if a != b]
         present = {t for ids in self.expanded_ids for t in ids if t >= self.n_old}
         self.absent = [e.token for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
-        if not present:
-            raise InvalidInputError(
-                "none of the words occurs in the held-out text, so their effect cannot be measured; "
-                "choose words from this corpus (vocab-expand mine) or a corpus that contains them"
-            )
+        self.absent_words = [e.word for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
+        # Bits per character is the one figure that needs occurrences; KL, moved probability and risk do not.
+        self.no_occurrences = not present
         first_new = {i: next((j for j, (a, b) in enumerate(zip(o, e)) if a != b), len(o))
                      for i, (o, e) in enumerate(zip(self.original_ids, self.expanded_ids))}
         limit = torch.tensor([first_new[d] for d in self.original.doc.tolist()])
@@ -230,10 +315,17 @@ class _Runner:
             "documents": len(self.docs), "characters": self.characters,
             "tokens_before": sum(map(len, self.original_ids)), "tokens_after": sum(map(len, self.expanded_ids)),
             "clean_prefixes": int(self.clean.sum()), "skipped_words": self.skipped, "absent_tokens": self.absent,
+            "words_absent_from_heldout": self.absent_words,
+            "sample": {"documents_with_words": self.sample.documents_with_words,
+                       "heldout_documents_with_words": self.sample.heldout_documents_with_words,
+                       "weighted": not bool((self.sample.weights == 1).all()),
+                       "heldout_documents": len(self.corpus.heldout) if self.corpus is not None else None},
             "bpc_before": self.bpc_before,
-            "risk": {"log_z": summarize(log_z), "log_z_min": log_z.min().item(),
-                     "predicted_kl_zero_rows": summarize(zero_kl),
-                     "predicted_moved_zero_rows": summarize(torch.sigmoid(math.log(self.k) - log_z))},
+            **({"bpc_note": "not measured: none of the words occurs in the held-out split"}
+               if self.no_occurrences else {}),
+            "risk": {"log_z": summarize(log_z, self.weight), "log_z_min": log_z.min().item(),
+                     "predicted_kl_zero_rows": summarize(zero_kl, self.weight),
+                     "predicted_moved_zero_rows": summarize(torch.sigmoid(math.log(self.k) - log_z), self.weight)},
         }
 
     def input_pass(self, pair: StrategyPair) -> PassStats:
@@ -252,7 +344,7 @@ class _Runner:
 
     def strategy_figures(self, pair: StrategyPair, with_bpc: bool = True) -> tuple[Tensor, dict[str, Any]]:
         rows = self.rows(pair)
-        clean = self.original.select(self.clean)
+        clean, weight = self.original.select(self.clean), self.weight[self.clean]
         new_logits = head_logits(self.model, clean.hidden, rows.head, rows.bias)
         kl = metrics.added_token_kl(clean.log_z, new_logits)
         moved = metrics.moved_probability(clean.log_z, new_logits)
@@ -261,12 +353,12 @@ class _Runner:
             "input_strategy": rows.input_strategy,
             "output_strategy": rows.output_strategy,
             "tied": rows.tied,
-            "kl": summarize(kl),
+            "kl": summarize(kl, weight),
             "hewitt_bound_nats": bound,
             "within_bound": bool((kl <= bound + 1e-6).all()),
-            "share_within_bound": (kl <= bound + 1e-6).double().mean().item(),
-            "moved_probability": {"mean": moved.mean().item(), "max": moved.max().item()},
-            "new_token_argmax_share": (new_logits.max(dim=-1).values > clean.max_logit).double().mean().item(),
+            "share_within_bound": weighted_mean((kl <= bound + 1e-6).double(), weight),
+            "moved_probability": {"mean": weighted_mean(moved, weight), "max": moved.max().item()},
+            "new_token_argmax_share": weighted_mean((new_logits.max(dim=-1).values > clean.max_logit).double(), weight),
             **({"data_driven": rows.details} if rows.details else {}),
         }
         if with_bpc:
@@ -281,13 +373,14 @@ class _Runner:
         is_new = after.target >= self.n_old
         target_logit = after.target_logit.clone()
         target_logit[is_new] = all_new[is_new].gather(1, (after.target[is_new] - self.n_old)[:, None]).squeeze(1)
-        nll = (log_z_new - target_logit).sum().item()
-        bpc_after = nll / math.log(2) / self.characters
+        weight = self.sample.weights[after.doc]
+        nll = ((log_z_new - target_logit).double() * weight).sum().item()
+        bpc_after = nll / math.log(2) / self.weighted_characters
         return {
             "bpc_after": bpc_after,
             "bpc_change_percent": 100.0 * (bpc_after / self.bpc_before - 1.0),
-            "new_token_probability_on_new_targets": torch.exp(target_logit[is_new] - log_z_new[is_new]).mean().item()
-            if is_new.any() else math.nan,
+            "new_token_probability_on_new_targets":
+                weighted_mean(torch.exp(target_logit[is_new] - log_z_new[is_new]), weight[is_new]),
         }
 
 
