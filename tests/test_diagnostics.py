@@ -9,9 +9,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vocab_expand import Corpus, expand
-from vocab_expand.diagnostics import StrategyPair, diagnose, parse_strategies, start_token_id
+from vocab_expand.diagnostics import StrategyPair, diagnose, parse_strategies
+from vocab_expand.tokenization import start_token_id
 from vocab_expand.metrics import full_softmax_kl
-from vocab_expand.testing import negative_logit_twin
+from vocab_expand.twin import negative_logit_twin
 
 from helpers import TINY_TEXT, make_model
 

@@ -20,7 +20,7 @@ from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
 from .report import table, write_into
-from .testing import negative_logit_twin
+from .twin import negative_logit_twin
 
 
 def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,

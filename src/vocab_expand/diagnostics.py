@@ -14,7 +14,7 @@ Cost: one forward pass of the original model gives every strategy's figures 1-4 
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
 tokenization changed; the others reuse the original pass.
 
-Left out: writing the report (report.py); the negative-logit twin (testing.py).
+Left out: writing the report (report.py); the negative-logit twin (twin.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,13 @@ from transformers import PreTrainedTokenizerBase
 
 from . import metrics
 from .corpus import Corpus
-from .expansion import Expansion, NewRows, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
+from .expansion import Expansion, apply_plan, make_config
+from .metrics import hewitt_bound
+from .planning import plan_tokens
+from .rows import NewRows, check_strategies, new_rows
 from .forward import PassStats, head_logits, run_pass
 from .strategies import STRATEGIES, get_strategy
-from .tokenization import check_words, start_token_id
+from .tokenization import check_words, documents_up_to, start_token_id
 
 DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
@@ -149,13 +152,7 @@ def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_token
     """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
     if not corpus.heldout:
         raise ValueError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
-    docs, total = [], 0
-    for doc in corpus.heldout:
-        docs.append(doc)
-        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
-        if total >= max_tokens:
-            break
-    return docs
+    return documents_up_to(corpus.heldout, tokenizer, max_tokens)
 
 
 class _Runner:

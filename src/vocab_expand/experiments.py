@@ -16,6 +16,7 @@ Left out: the training loop (training.py), the expansion (expansion.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .corpus import Corpus, load_corpus
 from .diagnostics import StrategyPair, heldout_sample, parse_strategies
-from .expansion import apply_plan, make_config, plan_tokens
+from .expansion import apply_plan, make_config
+from .planning import plan_tokens
 from .io import write_json, write_text_atomic
 from .strategies import get_strategy
 from .tokenization import check_words, start_token_id
@@ -109,7 +111,7 @@ def compare(
     # cpu=True without a GPU: under a multi-process launcher Accelerate then runs gloo across CPU processes.
     accelerator = Accelerator(cpu=not _has_gpu(), mixed_precision="bf16" if config.bf16 and _bf16_supported() else "no")
     request = {"label": label, "corpus": corpus.name, "words": word_list, "strategies": [p.name for p in pairs],
-               "train": config.to_dict(), "expand": options}
+               "train": config.to_dict(), "expand": _jsonable(options)}
     with _runs_folder(output, request, force, accelerator) as runs:
         plan = plan_tokens(tokenizer, word_list, make_config(**options))
         if not plan.entries:
@@ -137,7 +139,7 @@ def _inputs(model, tokenizer, corpus, twin):
         raise ValueError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
     corpus = load_corpus(corpus) if isinstance(corpus, str) else corpus
     if twin:
-        from .testing import negative_logit_twin
+        from .twin import negative_logit_twin
 
         model, label = negative_logit_twin(model, tokenizer, corpus), f"{label} negative-logit twin"
     return label, model, tokenizer, corpus
@@ -181,7 +183,8 @@ def _runs_folder(output, request: dict, force: bool, accelerator) -> Iterator[Pa
 
 
 def _jsonable(data: Any) -> Any:
-    return json.loads(json.dumps(data))
+    """Plain JSON data (dataclass options as dicts), as it reads back from run.json."""
+    return json.loads(json.dumps(data, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o))
 
 
 def folder_name(pair: StrategyPair) -> str:

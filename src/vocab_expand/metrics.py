@@ -53,3 +53,8 @@ def full_softmax_kl(old_logits: Tensor, new_logits_all: Tensor) -> Tensor:
     log_p_old = torch.log_softmax(old_logits.double(), dim=-1)
     log_p_new = torch.log_softmax(new_logits_all.double(), dim=-1)[..., :n]
     return (log_p_old.exp() * (log_p_old - log_p_new)).sum(-1)
+
+
+def hewitt_bound(k: int, n: int) -> float:
+    """log(1 + k/n): the most KL(old || new) that k mean-initialized output rows can cost, over n tokens."""
+    return math.log1p(k / n) if n else float("inf")

@@ -16,7 +16,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -159,3 +159,16 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
         if value is not None:
             return int(value)
     raise ValueError("the tokenizer has no BOS, EOS or pad token to start documents with")
+
+
+def documents_up_to(documents: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """The first documents until about ``max_tokens`` tokens are reached (the one that crosses is kept).
+
+    E.g. three documents of 10 tokens each and max_tokens 15 -> the first two."""
+    docs, total = [], 0
+    for doc in documents:
+        docs.append(doc)
+        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if total >= max_tokens:
+            break
+    return docs

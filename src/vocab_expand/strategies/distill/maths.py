@@ -7,7 +7,7 @@ at the last piece and the same next tokens, in a few layers (Token Distillation,
 Windows stop at any other new word, so a window holds exactly one. All words train together (Adam); a
 calibration share of the windows picks the epoch with the lowest error.
 
-Left out: sampling the text (sampling.py), writing rows (resize.py).
+Left out: sampling the text and finding the windows (learning/), writing rows (resize.py).
 """
 
 from __future__ import annotations
@@ -21,67 +21,14 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .forward import embed_with_rows, embedding_scale
+from ...forward import embed_with_rows, embedding_scale
+from ...learning.windows import Window
 
 # Layers matched, as fractions of the depth (1.0: the final normalized state, the head's input).
 LAYER_FRACTIONS = (0.5, 0.75, 1.0)
 BATCH_WINDOWS = 32
 # Adam step size as a multiple of the old input rows' standard deviation.
 LR_SCALE = 0.1
-
-
-@dataclass
-class Window:
-    """One occurrence. prefix: [start, left context] (no new token, read alike by student and teacher);
-    student: [j, next tokens]; teacher: [pieces of j, next tokens]; matched positions within each tail."""
-
-    word: int
-    prefix: list[int]
-    student: list[int]
-    teacher: list[int]
-    student_positions: list[int]
-    teacher_positions: list[int]
-    calibration: bool
-
-
-def windows_in(chunk: list[int], pieces: list[list[int]], n_old: int, start_id: int, *, context: int,
-               after: int, calibration: bool) -> list[Window]:
-    """Every occurrence of a new token in ``chunk`` as a Window with at most ``context`` tokens before it
-    and ``after`` after it, stopping at other new tokens."""
-    found = []
-    for p, token in enumerate(chunk):
-        if token < n_old:
-            continue
-        left = chunk[max(0, p - context) : p]
-        while any(t >= n_old for t in left):
-            left = left[next(i for i, t in enumerate(left) if t >= n_old) + 1 :]
-        right = []
-        for t in chunk[p + 1 : p + 1 + after]:
-            if t >= n_old:
-                break
-            right.append(t)
-        m = len(pieces[token - n_old])
-        found.append(Window(
-            word=token - n_old,
-            prefix=[start_id, *left],
-            student=[token, *right],
-            teacher=[*pieces[token - n_old], *right],
-            student_positions=list(range(1 + len(right))),
-            teacher_positions=list(range(m - 1, m + len(right))),
-            calibration=calibration,
-        ))
-    return found
-
-
-def select_windows(windows: list[Window], per_word: int) -> list[Window]:
-    """At most ``per_word`` fitting windows per word (a third as many calibration ones), in the order found."""
-    kept, seen = [], {}
-    for w in windows:
-        key = (w.word, w.calibration)
-        if seen.get(key, 0) < (max(1, per_word // 3) if w.calibration else per_word):
-            seen[key] = seen.get(key, 0) + 1
-            kept.append(w)
-    return kept
 
 
 def _padded(seqs: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
