@@ -18,33 +18,14 @@ import dataclasses
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal, get_args
 
+from .options import check_choice, check_int, doc, opt
+
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
 TokenKind = Literal["vocab", "added"]
 FORM_CHOICES: tuple[str, ...] = get_args(WordForms)
 TIE_POLICIES: tuple[str, ...] = get_args(TiePolicy)
 TOKEN_KINDS: tuple[str, ...] = get_args(TokenKind)
-
-
-def doc(text: str, **extra: Any) -> dict[str, Any]:
-    """Field metadata: the help text shown by the CLI (and any extra keys, e.g. cli="--flag")."""
-    return {"help": text, **extra}
-
-
-def opt(default: Any, text: str, **extra: Any) -> Any:
-    """A dataclass field with a default and its help text."""
-    return field(default=default, metadata=doc(text, **extra))
-
-
-def check_int(name: str, value: object, minimum: int) -> None:
-    """ValueError unless ``value`` is an int (not a bool) >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..config import opt
+from ..options import opt
 
 from .. import stats
 from .base import RowRequest, Strategy, register_strategy

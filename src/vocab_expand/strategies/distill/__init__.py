@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ...config import check_int, opt
+from ...options import check_int, opt
 from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 from ..subword import Subword
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ...config import opt
+from ...options import opt
 from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 
 if TYPE_CHECKING:
