@@ -22,6 +22,7 @@ CORPUS = Corpus("tiny", train=TRAIN, heldout=TRAIN[-6:] + TINY_TEXT[:2])
 FAST = dict(fit_max_positions=3000, calibration_fraction=0.25)
 
 PLUGIN = '''
+from dataclasses import dataclass, field
 import torch
 from vocab_expand import DataDrivenStrategy, Learned, register_strategy
 

@@ -33,9 +33,10 @@ from .corpus import Corpus, load_corpus
 from .diagnostics import StrategyPair, heldout_sample, parse_strategies
 from .expansion import apply_plan, make_config
 from .planning import plan_tokens
-from .io import write_json, write_text_atomic
+from .io import write_json
 from .strategies import get_strategy
 from .tokenization import check_words, start_token_id
+from .report import write_comparison
 from .training import RunFolder, TrainConfig, TrainingData, pack, train_run
 
 DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
@@ -247,34 +248,3 @@ def collect(runs: Path, pairs: list[StrategyPair], label: str, status: dict[str,
     steps = {name: next((r["step"] for r in records if final is not None and r["bits_per_character"] <= final), None)
              for name, records in evaluations.items()}
     return Comparison(label, evaluations, losses, status, request, reference, final, steps)
-
-
-def write_comparison(comparison: Comparison, runs: Path) -> None:
-    from .report import plot_curves
-
-    write_json(runs / "comparison.json", comparison.to_dict())
-    plot_curves(comparison, runs)
-    write_text_atomic(runs / "report.md", comparison_markdown(comparison))
-
-
-def comparison_markdown(comparison: Comparison) -> str:
-    train = comparison.config["train"]
-    lines = [
-        f"# Adaptation: {comparison.label} on {comparison.config['corpus']}", "",
-        f"{len(comparison.config['words'])} words; {train['steps']} steps of {train['batch_size']} x {train['seq_len']} "
-        f"tokens ({train['train']} fine-tuning, lr {train['learning_rate']}, seed {train['seed']}), identical data "
-        f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
-        f"Target: {comparison.reference}'s final bits per character"
-        + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
-        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "
-        "| updates skipped (inf/nan gradient) | status |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in comparison.summary().items():
-        reached = row["steps_to_target"]
-        lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
-                     f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
-                     f"{row['new_token_probability_final']:.3f} | {len(row['skipped_steps'])} | "
-                     f"{comparison.status.get(name, '')} |")
-    lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
-    return "\n".join(lines)
