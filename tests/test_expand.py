@@ -1,4 +1,4 @@
-"""The resizing invariants of shared/ANCHORS.md on tiny models of every layout (tied, untied, head bias,
+"""The resizing invariants of docs/ARCHITECTURE.md on tiny models of every layout (tied, untied, head bias,
 padded beyond the tokenizer), plus bad input."""
 
 from __future__ import annotations
