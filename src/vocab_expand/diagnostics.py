@@ -33,7 +33,8 @@ from .expansion import Expansion, apply_plan, make_config
 from .metrics import hewitt_bound
 from .planning import plan_tokens
 from .rows import NewRows, check_strategies, new_rows
-from .forward import PassStats, head_logits, run_pass
+from .forward import PassStats, run_pass
+from .heads import head_logits
 from .strategies import STRATEGIES, get_strategy
 from .tokenization import check_words, documents_up_to, start_token_id
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ...forward import embed_with_rows, embedding_scale
+from ...heads import embed_with_rows, embedding_scale
 from ...learning.windows import Window
 
 # Layers matched, as fractions of the depth (1.0: the final normalized state, the head's input).

@@ -53,7 +53,7 @@ class Fit(DataDrivenStrategy):
         return self.repeat_mean(old, request)
 
     def learn(self, context: "LearnContext", start: Tensor, start_bias: Tensor | None, options: FitOptions) -> Learned:
-        from ...forward import softcap
+        from ...heads import softcap
         from .solve import SOLVE_MAX_POSITIONS, FitData, fit_rows, thinned
 
         states = context.states()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ...forward import capped
+from ...heads import capped
 
 # Candidate regularization strengths, strongest first: each solve starts from the previous one's rows.
 REG_PATH = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
