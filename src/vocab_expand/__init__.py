@@ -1,7 +1,7 @@
 """vocab-expand: add domain words to a pretrained causal LM without breaking it, and show that it did not.
 
-Public API: load_model, load_corpus, mine, expand, diagnose, compare, negative_logit_twin, the strategy
-registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
+Public API: load_model, load_corpus, mine, expand, diagnose, compare, negative_logit_twin, lora_config (the
+hand-off to PEFT), the strategy registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _EXPORTS = {
     "TokenPlan": "planning", "plan_tokens": "planning",
     "hewitt_bound": "metrics",
     "negative_logit_twin": "twin",
+    "lora_config": "handoff",
     "InvalidInputError": "errors", "MissingResourceError": "errors", "OutputExistsError": "errors",
     "OutputNotWritableError": "errors", "UnsupportedTokenizerError": "errors", "VocabExpandError": "errors",
     "DEFAULT_MODEL": "loading", "load_model": "loading",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .errors import (InvalidInputError, MissingResourceError, OutputExistsError, OutputNotWritableError,
                          UnsupportedTokenizerError, VocabExpandError)
     from .expansion import Expansion, apply_plan, expand
+    from .handoff import lora_config
     from .experiments import Comparison, compare
     from .loading import DEFAULT_MODEL, load_model
     from .metrics import hewitt_bound

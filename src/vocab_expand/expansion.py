@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import ExpandConfig
 from .io import atomic_directory, write_json
+from .handoff import recommended_lora
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
 from .rows import NewRows, check_strategies, new_rows
@@ -85,6 +86,8 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
         **({"data_driven": rows.details} if rows.details else {}),
         "timings": {"tokenizer_s": plan.seconds, "embeddings_s": time.perf_counter() - start},
         "config": config.to_dict(),
+        "fine_tuning": {"new_token_ids": list(plan.new_token_ids),
+                        "peft_lora": recommended_lora(new_model, plan.new_token_ids) if plan.entries else None},
     }
     return Expansion(
         model=new_model,
