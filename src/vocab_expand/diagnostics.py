@@ -34,7 +34,8 @@ from .metrics import hewitt_bound
 from .planning import plan_tokens
 from .rows import NewRows, check_strategies, new_rows
 from .forward import PassStats, run_pass
-from .heads import head_logits
+from .heads import head_logits, paired_logits
+from .resize import embedding_layout
 from .strategies import STRATEGIES, get_strategy
 from .tokenization import check_words, documents_up_to, start_token_id
 
@@ -277,7 +278,20 @@ class _Runner:
             "bpc_change_percent": 100.0 * (bpc_after / self.bpc_before - 1.0),
             "new_token_probability_on_new_targets": torch.exp(target_logit[is_new] - log_z_new[is_new]).mean().item()
             if is_new.any() else math.nan,
+            **self.adoption_figures(after.hidden[is_new], after.target[is_new] - self.n_old, target_logit[is_new]),
         }
+
+    def adoption_figures(self, hidden: Tensor, word: Tensor, new_logit: Tensor) -> dict[str, Any]:
+        """Where the text has a new word: how often its new token outranks the word's old first piece."""
+        layout = embedding_layout(self.model)
+        first = torch.tensor([p[0] for p in self.plan.pieces], dtype=torch.long)[word]
+        head = layout.output if layout.output is not None else layout.input
+        bias = head.bias.detach()[first] if getattr(head, "bias", None) is not None else None
+        first_logit = paired_logits(self.model, hidden, head.weight.detach()[first], bias)
+        share, per_word = metrics.adoption(new_logit, first_logit, word, self.k)
+        names = [e.word + ("" if e.form == "mid" else f" ({e.form})") for e in self.plan.entries]
+        return {"adoption": share,
+                "adoption_per_word": {n: (None if math.isnan(v) else v) for n, v in zip(names, per_word.tolist())}}
 
 
 @torch.inference_mode()

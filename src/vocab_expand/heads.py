@@ -27,6 +27,15 @@ def head_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | N
     return capped(logits, softcap(model))
 
 
+def paired_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The logit of row i of ``rows`` [P, d] for hidden state i of ``hidden`` [P, d] -> [P], as the model
+    computes it (bias [P], soft-cap): one logit per position, where head_logits gives every pair."""
+    logits = (hidden * rows.to(torch.float32)).sum(-1)
+    if bias is not None:
+        logits = logits + bias.to(torch.float32)
+    return capped(logits, softcap(model))
+
+
 def capped(logits: Tensor, cap: float | None) -> Tensor:
     """Gemma-2-style soft-capping cap * tanh(logits / cap); the logits themselves when cap is None."""
     return torch.tanh(logits / cap) * cap if cap else logits

@@ -60,8 +60,8 @@ def markdown(diagnosis: "Diagnosis", prefix: str = "") -> str:
         "## Verdicts", "", *[f"- {row['verdict']}" for row in diagnosis.strategies.values()], "",
         "## Figures", "",
         "| strategy | input rows | output rows | mean KL | median | p99 | max KL | within bound | moved mean | "
-        "moved max | new argmax | bpc | Δbpc |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "moved max | new argmax | bpc | Δbpc | adoption |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in diagnosis.strategies.items():
         kl = row["kl"]
@@ -69,9 +69,11 @@ def markdown(diagnosis: "Diagnosis", prefix: str = "") -> str:
                    f"| {kl['p99']:.2e} | {kl['max']:.2e} | {'yes' if row['within_bound'] else 'no'} "
                    f"| {100 * row['moved_probability']['mean']:.2f}% | {100 * row['moved_probability']['max']:.2f}% "
                    f"| {100 * row['new_token_argmax_share']:.1f}% | {row.get('bpc_after', math.nan):.4f} "
-                   f"| {row.get('bpc_change_percent', math.nan):+.2f}% |")
+                   f"| {row.get('bpc_change_percent', math.nan):+.2f}% | {100 * row.get('adoption', math.nan):.0f}% |")
     out += [
-        "", f"Bits per character before expansion: {f['bpc_before']:.4f}.", "",
+        "", f"Bits per character before expansion: {f['bpc_before']:.4f}. Adoption: where the held-out text has a "
+        "new word, the share of occurrences where the new token outranks the word's old first piece (would the "
+        "model write the word with its new token?).", "",
         "## Risk of this model, before choosing a strategy", "",
         f"log Z over held-out prefixes: mean {risk['log_z']['mean']:.2f}, median {risk['log_z']['median']:.2f}, "
         f"min {risk['log_z_min']:.2f}, max {risk['log_z']['max']:.2f}. Zero or random rows (logit about 0) would cost "
