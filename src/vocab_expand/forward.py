@@ -106,6 +106,10 @@ def run_pass(
 
 
 def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=None) -> PassStats:
+    """One batch on the device of the model's input embedding (Accelerate's hooks move it on from there); the
+    kept statistics come back to the CPU in float32, reduced from the logits in float32 whatever the model's
+    dtype (a bf16 log Z is off by up to 0.07 nats)."""
+    device = model.get_input_embeddings().weight.device
     width = max(len(sequences[i]) for i in group)
     ids = torch.full((len(group), width + 1), start_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -113,25 +117,24 @@ def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=
         ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
         mask[row, : len(sequences[i]) + 1] = 1
     captured.clear()
+    inputs, attention = ids[:, :-1].to(device), mask[:, :-1].to(device)
     if input_rows is None:
-        logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+        logits = model(input_ids=inputs, attention_mask=attention).logits
     else:
-        embeds = embed_with_rows(model, ids[:, :-1], input_rows, n_old)
-        logits = model(inputs_embeds=embeds, attention_mask=mask[:, :-1]).logits
-    old = logits[..., :n_old]  # a view: reductions below never copy the [tokens x vocabulary] logits
+        embeds = embed_with_rows(model, inputs, input_rows, n_old)
+        logits = model(inputs_embeds=embeds, attention_mask=attention).logits
     valid = mask[:, 1:].bool()
     target = ids[:, 1:]
-    is_old = target < n_old
-    target_logit = old.gather(2, target.clamp_max(n_old - 1).unsqueeze(2)).squeeze(2).to(torch.float32)
-    target_logit = torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan))
-    doc = torch.tensor(group).unsqueeze(1).expand_as(valid)[valid]
-    index = torch.arange(width).unsqueeze(0).expand_as(valid)[valid]
+    on_device = valid.to(logits.device)
+    old = logits[..., :n_old][on_device].to(torch.float32)  # [positions, n_old], kept positions only
+    is_old = target[valid] < n_old
+    target_logit = old.gather(1, target[valid].clamp_max(n_old - 1).to(old.device).unsqueeze(1)).squeeze(1).cpu()
     return PassStats(
-        hidden=captured[-1].to(torch.float32)[valid],
-        log_z=torch.logsumexp(old, dim=-1).to(torch.float32)[valid],
-        max_logit=old.max(dim=-1).values.to(torch.float32)[valid],
+        hidden=captured[-1][valid.to(captured[-1].device)].to(torch.float32).cpu(),
+        log_z=torch.logsumexp(old, dim=-1).cpu(),
+        max_logit=old.max(dim=-1).values.cpu(),
         target=target[valid],
-        target_logit=target_logit[valid],
-        doc=doc,
-        index=index,
+        target_logit=torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan)),
+        doc=torch.tensor(group).unsqueeze(1).expand_as(valid)[valid],
+        index=torch.arange(width).unsqueeze(0).expand_as(valid)[valid],
     )

@@ -21,18 +21,18 @@ def softcap(model: nn.Module) -> float | None:
 
 def head_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
     """Logits of output ``rows`` [k, d] for ``hidden`` [P, d], as the model computes them (bias, soft-cap)."""
-    logits = hidden @ rows.to(torch.float32).T
+    logits = hidden @ rows.to(device=hidden.device, dtype=torch.float32).T
     if bias is not None:
-        logits = logits + bias.to(torch.float32)
+        logits = logits + bias.to(device=hidden.device, dtype=torch.float32)
     return capped(logits, softcap(model))
 
 
 def paired_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
     """The logit of row i of ``rows`` [P, d] for hidden state i of ``hidden`` [P, d] -> [P], as the model
     computes it (bias [P], soft-cap): one logit per position, where head_logits gives every pair."""
-    logits = (hidden * rows.to(torch.float32)).sum(-1)
+    logits = (hidden * rows.to(device=hidden.device, dtype=torch.float32)).sum(-1)
     if bias is not None:
-        logits = logits + bias.to(torch.float32)
+        logits = logits + bias.to(device=hidden.device, dtype=torch.float32)
     return capped(logits, softcap(model))
 
 
@@ -61,5 +61,5 @@ def embed_with_rows(model: nn.Module, ids: Tensor, rows: Tensor, n_old: int, sca
     scale = embedding_scale(module) if scale is None else scale
     is_new = ids >= n_old
     old = module(torch.where(is_new, torch.zeros_like(ids), ids))
-    new = rows[(ids - n_old).clamp_min(0)] * scale
+    new = rows.to(old.device)[(ids - n_old).clamp_min(0).to(old.device)] * scale
     return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)

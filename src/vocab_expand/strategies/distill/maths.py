@@ -31,8 +31,8 @@ BATCH_WINDOWS = 32
 LR_SCALE = 0.1
 
 
-def _padded(seqs: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
-    """ids and mask [B, T], padded on the right (or the left)."""
+def _padded(seqs: list[list[int]], device: torch.device, left: bool = False) -> tuple[Tensor, Tensor]:
+    """ids and mask [B, T] on ``device``, padded on the right (or the left)."""
     width = max(map(len, seqs))
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -40,7 +40,7 @@ def _padded(seqs: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
         span = slice(width - len(s), width) if left else slice(0, len(s))
         ids[i, span] = torch.tensor(s, dtype=torch.long)
         mask[i, span] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _gather(states: list[Tensor], positions: list[list[int]]) -> list[Tensor]:
     """For each layer, the matched states of a batch, concatenated: [M, d]."""
     rows = torch.tensor([i for i, ps in enumerate(positions) for _ in ps])
     cols = torch.tensor([p for ps in positions for p in ps])
-    return [s[rows, cols].to(torch.float32) for s in states]
+    return [s[rows.to(s.device), cols.to(s.device)].to(torch.float32) for s in states]
 
 
 @dataclass
@@ -82,6 +82,7 @@ class Distiller:
 
     def __init__(self, model: nn.Module, windows: list[Window], n_old: int):
         self.model, self.n_old = model, n_old
+        self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         self.batches = []
         for side in (False, True):  # a batch holds one side, so that its error is that side's
@@ -91,14 +92,14 @@ class Distiller:
 
     @torch.no_grad()
     def _batch(self, windows: list[Window], side: bool) -> Batch:
-        ids, mask = _padded([w.prefix for w in windows], left=True)
+        ids, mask = _padded([w.prefix for w in windows], self.device, left=True)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         return Batch(windows, out.past_key_values, mask, side)
 
     def _tail_states(self, batch: Batch, tails: list[list[int]], rows: Tensor | None) -> list[Tensor]:
-        ids, mask = _padded(tails)
-        positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1])
+        ids, mask = _padded(tails, self.device)
+        positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
         embeds = (self.model.get_input_embeddings()(ids) if rows is None
                   else embed_with_rows(self.model, ids, rows, self.n_old, self.scale))
         full_mask = torch.cat([batch.prefix_mask, mask], 1)
