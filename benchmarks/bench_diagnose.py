@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from vocab_expand import apply_plan, load_corpus, load_model, mine
-from vocab_expand.diagnostics import DEFAULT_STRATEGIES, StrategyPair, diagnose, heldout_sample, start_token_id
-from vocab_expand.expansion import make_config, plan_tokens
+from vocab_expand import ExpandConfig, apply_plan, load_corpus, load_model, mine, plan_tokens
+from vocab_expand.diagnostics import DEFAULT_STRATEGIES, StrategyPair, diagnose, heldout_sample
 from vocab_expand.forward import LOGIT_BUDGET, batches
 from vocab_expand.metrics import full_softmax_kl
+from vocab_expand.tokenization import start_token_id
 
 
 @torch.inference_mode()
@@ -49,17 +49,18 @@ def plain(model, sequences, start) -> float:
     return time.perf_counter() - t
 
 
-def naive_kl(model, tokenizer, words, docs, strategies) -> float:
+def naive_kl(model, tokenizer, words, docs, strategies, corpus) -> float:
     """Original logits once, then per strategy a full expanded model's logits and a full softmax KL."""
     t = time.perf_counter()
     start = start_token_id(tokenizer)
     sequences = tokenizer(docs, add_special_tokens=False)["input_ids"]
     n = len(tokenizer)
     original = [(g, logits[m]) for g, logits, m in forward_logits(model, sequences, start)]
-    plan = plan_tokens(tokenizer, words, make_config())
+    plan = plan_tokens(tokenizer, words, ExpandConfig())
     for spec in strategies:
         pair = StrategyPair.parse(spec)
-        expansion = apply_plan(model, plan, make_config(input_init=pair.input, output_init=pair.output))
+        expansion = apply_plan(model, plan, ExpandConfig(input_init=pair.input, output_init=pair.output),
+                               corpus=corpus)
         for (group, old), (_, new, mask) in zip(original, forward_logits(expansion.model, sequences, start)):
             full_softmax_kl(old, new[mask][:, : n + len(plan.entries)]).mean()
     return time.perf_counter() - t
@@ -71,11 +72,12 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
-    corpus = load_corpus("kjv")
+    corpus = load_corpus(args.corpus)
     words = [c.word for c in mine(tokenizer, corpus, args.words, progress=False)]
     docs = heldout_sample(corpus, tokenizer, args.max_tokens)
     sequences = tokenizer(docs, add_special_tokens=False)["input_ids"]
@@ -86,7 +88,7 @@ def main() -> None:
     t = time.perf_counter()
     diagnose(model, tokenizer, words, corpus, strategies, bits_per_character=False, **common)
     times["ours_kl"] = time.perf_counter() - t
-    times["naive_kl"] = naive_kl(model, tokenizer, words, docs, strategies)
+    times["naive_kl"] = naive_kl(model, tokenizer, words, docs, strategies, corpus)
     t = time.perf_counter()
     diagnose(model, tokenizer, words, corpus, strategies, **common)
     times["ours_full"] = time.perf_counter() - t

@@ -29,7 +29,7 @@ import psutil
 import torch
 
 METHODS = ["copy", "ours_mean", "ours_mean_cov", "hf_mean"]
-MATRICES = {"gemma3-270m": (262144, 640), "smollm2-135m": (49152, 576)}
+MATRICES = {"gemma3-270m": (262144, 640), "smollm2-135m": (49152, 576), "tiny": (2048, 64)}
 
 
 class PeakRSS:
@@ -61,6 +61,8 @@ class PeakRSS:
 
 def real_matrix(name: str) -> tuple[torch.Tensor, str]:
     """The model's input matrix when its package is installed, else a synthetic one of the same size."""
+    if name == "tiny":  # the smoke test's setting (tests/test_architecture.py)
+        return torch.randn(*MATRICES[name], generator=torch.Generator().manual_seed(0)), "synthetic"
     try:
         from vocab_expand import load_model
 
@@ -88,10 +90,20 @@ def tiny_model(weight: torch.Tensor):
     return model
 
 
+def synthetic_plan(n: int, k: int):
+    """A token plan of k new tokens after n, each standing for old token 0: the public seam (apply_plan) that
+    grows the matrices exactly as expand() does after planning the tokenizer."""
+    from vocab_expand import TokenPlan
+    from vocab_expand.families import NewEntry
+
+    entries = [NewEntry(word=f"w{i}", form="mid", token=f"w{i}", text=f" w{i}", pieces=(0,)) for i in range(k)]
+    return TokenPlan(tokenizer=None, family="synthetic", tokens_before=n, words_given=k, entries=entries,
+                     new_token_ids=list(range(n, n + k)), skipped=[], seconds=0.0)
+
+
 def run_one(method: str, weight: torch.Tensor, model, k: int) -> None:
     """Run one method; ``model`` wraps ``weight`` and is rebuilt by the caller before each run (untimed)."""
-    from vocab_expand.config import ExpandConfig
-    from vocab_expand.expansion import grow_embeddings
+    from vocab_expand import ExpandConfig, apply_plan
 
     n = weight.shape[0]
     if method == "copy":
@@ -102,7 +114,7 @@ def run_one(method: str, weight: torch.Tensor, model, k: int) -> None:
         model.resize_token_embeddings(n + k, mean_resizing=True)
     else:
         name = method.removeprefix("ours_")
-        grow_embeddings(model, n, [[0]] * k, ExpandConfig(input_init=name, output_init=name))
+        apply_plan(model, synthetic_plan(n, k), ExpandConfig(input_init=name, output_init=name, inplace=True))
     assert model.get_input_embeddings().weight.shape[0] == n + k
 
 

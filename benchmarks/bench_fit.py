@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from vocab_expand import diagnose, expand, load_corpus, load_model, mine
-from vocab_expand.config import ExpandConfig
+from vocab_expand.config import ALIASES, ExpandConfig
 
 STRATEGIES = ["zeros", "random", "hf_default", "mean", "mean_cov", "subword", "subword/mean", "subword/fit",
               "distill/mean", "distill/fit"]
@@ -83,9 +83,10 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the timed expand (rows are computed in diagnose)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    corpus = load_corpus("kjv")
+    corpus = load_corpus(args.corpus)
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
                    options=options)
@@ -102,7 +103,7 @@ def main() -> None:
 def _option(item: str) -> tuple[str, object]:
     """"field=value" with the value read as JSON where it parses (numbers, null, true), else as a string."""
     field, sep, value = item.partition("=")
-    if not sep or field not in {f.name for f in dataclasses.fields(ExpandConfig)}:
+    if not sep or field not in {f.name for f in dataclasses.fields(ExpandConfig)} | set(ALIASES):
         raise SystemExit(f"--set needs FIELD=VALUE with an ExpandConfig field, got {item!r}")
     try:
         return field, json.loads(value)

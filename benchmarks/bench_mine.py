@@ -23,11 +23,12 @@ from vocab_expand.mining import heldout_saving
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--megabytes", type=float, default=100)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    verses = list(iter_documents("kjv"))
+    verses = list(iter_documents(args.corpus))
     tokenizer = tokenizer_only(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "big.txt"

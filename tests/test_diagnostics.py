@@ -9,9 +9,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from vocab_expand import Corpus, expand
-from vocab_expand.diagnostics import StrategyPair, diagnose, parse_strategies, start_token_id
+from vocab_expand.diagnostics import StrategyPair, diagnose, parse_strategies
+from vocab_expand.tokenization import start_token_id
 from vocab_expand.metrics import full_softmax_kl
-from vocab_expand.testing import negative_logit_twin
+from vocab_expand.twin import negative_logit_twin
 
 from helpers import TINY_TEXT, make_model
 
@@ -60,6 +61,12 @@ def test_hand_computed_figures(tiny_tokenizer):
     assert f["bpc_before"] == pytest.approx(f["tokens_before"] * math.log2(n) / f["characters"], rel=1e-5)
     assert mean["bpc_after"] == pytest.approx(f["tokens_after"] * math.log2(n + k) / f["characters"], rel=1e-5)
     assert f["tokens_after"] < f["tokens_before"]
+    # Adoption: a zero output row's logit 0 beats every old logit (-30); a mean row ties the first piece, never
+    # beats it. (Zero input rows would make this toy's RMSNorm divide 0 by 0, so the inputs are mean rows.)
+    d = diagnose(model, tiny_tokenizer, WORDS, CORPUS, ["mean/zeros"], progress=False, generate=False)
+    assert d.strategies["mean/zeros"]["adoption"] == 1.0
+    assert set(d.strategies["mean/zeros"]["adoption_per_word"].values()) == {1.0}
+    assert mean["adoption"] == 0.0 and set(mean["adoption_per_word"].values()) == {0.0}
 
 
 @pytest.mark.parametrize("layout", ["tied", "bias"])

@@ -1,4 +1,4 @@
-"""The resizing invariants of shared/ANCHORS.md on tiny models of every layout (tied, untied, head bias,
+"""The resizing invariants of docs/ARCHITECTURE.md on tiny models of every layout (tied, untied, head bias,
 padded beyond the tokenizer), plus bad input."""
 
 from __future__ import annotations
@@ -233,3 +233,11 @@ def test_config_defaults_are_the_documented_ones():
     assert (config.resolved(True).input_init, config.resolved(True).output_init) == ("distill", "fit")
     explicit = ExpandConfig(input_init="zeros", output_init="mean").resolved(True)
     assert (explicit.input_init, explicit.output_init) == ("zeros", "mean")
+
+
+def test_none_is_a_value_not_the_default(tiny_tokenizer):
+    """expand(**options) keeps None where None means something (distill_max_windows=None: no cap)."""
+    model = make_model("untied", len(tiny_tokenizer))
+    result = expand(model, tiny_tokenizer, ["Jehoshaphat"], distill_max_windows=None, fit_reg=None)
+    assert result.report["config"]["distill_max_windows"] is None
+    assert expand(model, tiny_tokenizer, ["Jehoshaphat"]).report["config"]["distill_max_windows"] == 8192

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from vocab_expand.expansion import make_config, plan_tokens
+from vocab_expand.expansion import make_config
+from vocab_expand.planning import plan_tokens
 from vocab_expand.loading import tokenizer_only
 
 from helpers import train_byte_level_bpe, train_sentencepiece_bpe, wrap

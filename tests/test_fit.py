@@ -11,12 +11,13 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from vocab_expand import Corpus, expand, plan_tokens
 from vocab_expand.config import ExpandConfig
-from vocab_expand.distill import Distiller, windows_in
-from vocab_expand.expansion import new_rows
-from vocab_expand.fitting import FitData, objective, solve_rows, thinned
+from vocab_expand.learning.windows import windows_in
+from vocab_expand.strategies.distill import DistillOptions, contexts_per_word
+from vocab_expand.strategies.distill.maths import Distiller
+from vocab_expand.rows import new_rows
+from vocab_expand.strategies.fit.solve import FitData, objective, solve_rows, thinned
 from vocab_expand.forward import run_pass
-from vocab_expand.refine import contexts_per_word
-from vocab_expand.sampling import (
+from vocab_expand.learning.sampling import (
     AUTO_MAX_POSITIONS,
     AUTO_MIN_POSITIONS,
     Occurrences,
@@ -122,10 +123,12 @@ def test_distillation_windows_match_the_last_piece_and_following_tokens():
 
 
 def test_distillation_window_cap_lowers_contexts_per_word_but_not_below_min_occurrences(tiny_tokenizer):
-    assert [contexts_per_word(k, ExpandConfig(distill_max_windows=4096)) for k in (100, 1000, 5000)] == [8, 4, 2]
-    assert [contexts_per_word(k, ExpandConfig()) for k in (1000, 2000)] == [8, 4]  # the default cap
-    assert contexts_per_word(10**6, ExpandConfig(distill_max_windows=None)) == 8
-    assert contexts_per_word(5000, ExpandConfig(distill_max_windows=4096, min_occurrences=3)) == 3
+    capped = DistillOptions(max_windows=4096)
+    assert [contexts_per_word(k, capped, 2) for k in (100, 1000, 5000)] == [8, 4, 2]
+    assert [contexts_per_word(k, DistillOptions(), 2) for k in (1000, 2000)] == [8, 4]  # the default cap
+    assert contexts_per_word(10**6, DistillOptions(max_windows=None), 2) == 8
+    assert contexts_per_word(5000, capped, 3) == 3
+    assert ExpandConfig(distill_max_windows=None).distill_max_windows is None  # None means "no cap", kept
     model = make_model("untied", len(tiny_tokenizer))
     plan = plan_tokens(tiny_tokenizer, WORDS, ExpandConfig())
     counts = {}

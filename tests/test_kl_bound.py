@@ -67,3 +67,11 @@ def test_kl_is_accurate_when_log_z_is_large_and_negative():
     new = torch.tensor([[-300.0 - math.log(1e6)]])  # exp(new)/Z = 1e-6
     # float32 inputs near -300 carry about 1e-5 relative error; the old difference form returned 0 or 3e-5 here.
     assert added_token_kl(log_z, new).item() == pytest.approx(math.log1p(1e-6), rel=1e-4)
+
+
+def test_adoption_by_hand():
+    from vocab_expand.metrics import adoption
+
+    share, per_word = adoption(torch.tensor([2.0, 1.0, 5.0]), torch.tensor([0.0, 3.0, 4.0]), torch.tensor([0, 0, 2]), 3)
+    assert share == pytest.approx(2 / 3)
+    assert per_word[0].item() == 0.5 and math.isnan(per_word[1].item()) and per_word[2].item() == 1.0

@@ -15,7 +15,7 @@ PROMPT = ["And it came to pass, when the king"]
 
 @pytest.fixture(scope="module")
 def twin(smollm2, kjv):
-    from vocab_expand.testing import negative_logit_twin
+    from vocab_expand.twin import negative_logit_twin
 
     model, tok = smollm2
     return negative_logit_twin(model, tok, kjv, margin=20.0)

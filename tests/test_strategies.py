@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from vocab_expand import STRATEGIES, RowRequest, Strategy, get_strategy, register_strategy
+from vocab_expand.strategies.mean_cov import MeanCovOptions
 
 PIECES = [[0, 1], [2], [1, 2, 3]]
 
 
-def request(seed: int = 0, reference_rows: int = 6, **options) -> RowRequest:
+def request(seed: int = 0, reference_rows: int = 6, options: object = None) -> RowRequest:
     return RowRequest(pieces=PIECES, reference_rows=reference_rows,
                       generator=torch.Generator().manual_seed(seed), initializer_range=0.02, options=options)
 
@@ -67,7 +68,7 @@ def test_subword_needs_pieces():
 
 
 def test_mean_cov_with_zero_scale_is_the_mean():
-    rows = get_strategy("mean_cov").rows(old_matrix(), request(cov_scale=0.0))
+    rows = get_strategy("mean_cov").rows(old_matrix(), request(options=MeanCovOptions(scale=0.0)))
     assert torch.allclose(rows, old_matrix()[:6].mean(0).expand(3, -1), atol=1e-6)
 
 
@@ -77,7 +78,7 @@ def test_mean_cov_samples_have_the_asked_covariance(sampler, monkeypatch):
     old = torch.randn(400, 3) @ torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.5, 0.3]]) + 1.0
     sigma = torch.cov(old.T, correction=0)
     monkeypatch.setattr("vocab_expand.stats.lowrank_is_cheaper", lambda n, d, k: sampler == "lowrank")
-    req = RowRequest([[0]] * 20000, 400, torch.Generator().manual_seed(0), options={"cov_scale": 0.25})
+    req = RowRequest([[0]] * 20000, 400, torch.Generator().manual_seed(0), options=MeanCovOptions(scale=0.25))
     rows = get_strategy("mean_cov").rows(old, req)
     assert torch.allclose(rows.mean(0), old.mean(0), atol=0.03)
     assert torch.allclose(torch.cov(rows.T), 0.25 * sigma, atol=0.04, rtol=0.05)

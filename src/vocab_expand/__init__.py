@@ -1,56 +1,65 @@
 """vocab-expand: add domain words to a pretrained causal LM without breaking it, and show that it did not.
 
-Public API: load_model, load_corpus, mine, expand, STRATEGIES (and the types they return).
+Public API: load_model, load_corpus, mine, expand, diagnose, compare, negative_logit_twin, lora_config (the
+hand-off to PEFT), the strategy registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
 """
 
-from .config import DEFAULTS, ExpandConfig
-from .corpus import Corpus, load_corpus
-from .diagnostics import Diagnosis, diagnose
-from .expansion import Expansion, TokenPlan, apply_plan, expand, hewitt_bound, plan_tokens
-from .testing import negative_logit_twin
-from .errors import (
-    InvalidInputError,
-    MissingResourceError,
-    OutputExistsError,
-    OutputNotWritableError,
-    UnsupportedTokenizerError,
-    VocabExpandError,
-)
-from .loading import DEFAULT_MODEL, load_model
-from .mining import Candidate, mine
-from .strategies import STRATEGIES, RowRequest, Strategy, get_strategy, register_strategy
-from .tokenization import Skipped
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULTS",
-    "DEFAULT_MODEL",
-    "STRATEGIES",
-    "Candidate",
-    "Corpus",
-    "Diagnosis",
-    "ExpandConfig",
-    "Expansion",
-    "InvalidInputError",
-    "MissingResourceError",
-    "OutputExistsError",
-    "OutputNotWritableError",
-    "RowRequest",
-    "Skipped",
-    "Strategy",
-    "TokenPlan",
-    "UnsupportedTokenizerError",
-    "VocabExpandError",
-    "apply_plan",
-    "diagnose",
-    "expand",
-    "get_strategy",
-    "hewitt_bound",
-    "load_corpus",
-    "load_model",
-    "mine",
-    "negative_logit_twin",
-    "plan_tokens",
-    "register_strategy",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "DEFAULTS": "config", "ExpandConfig": "config", "SamplingOptions": "config",
+    "Corpus": "corpus", "load_corpus": "corpus",
+    "Diagnosis": "diagnostics", "diagnose": "diagnostics",
+    "Comparison": "experiments", "compare": "experiments",
+    "Expansion": "expansion", "apply_plan": "expansion", "expand": "expansion",
+    "TokenPlan": "planning", "plan_tokens": "planning",
+    "hewitt_bound": "metrics",
+    "negative_logit_twin": "twin",
+    "lora_config": "handoff",
+    "InvalidInputError": "errors", "MissingResourceError": "errors", "OutputExistsError": "errors",
+    "OutputNotWritableError": "errors", "UnsupportedTokenizerError": "errors", "VocabExpandError": "errors",
+    "DEFAULT_MODEL": "loading", "load_model": "loading",
+    "Candidate": "mining", "mine": "mining",
+    "STRATEGIES": "strategies", "DataDrivenStrategy": "strategies", "Learned": "strategies",
+    "RowRequest": "strategies", "Strategy": "strategies", "get_strategy": "strategies",
+    "register_strategy": "strategies",
+    "Skipped": "tokenization",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'vocab_expand' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs only
+    from .config import DEFAULTS, ExpandConfig, SamplingOptions
+    from .corpus import Corpus, load_corpus
+    from .diagnostics import Diagnosis, diagnose
+    from .errors import (InvalidInputError, MissingResourceError, OutputExistsError, OutputNotWritableError,
+                         UnsupportedTokenizerError, VocabExpandError)
+    from .expansion import Expansion, apply_plan, expand
+    from .handoff import lora_config
+    from .experiments import Comparison, compare
+    from .loading import DEFAULT_MODEL, load_model
+    from .metrics import hewitt_bound
+    from .mining import Candidate, mine
+    from .planning import TokenPlan, plan_tokens
+    from .strategies import (STRATEGIES, DataDrivenStrategy, Learned, RowRequest, Strategy, get_strategy,
+                             register_strategy)
+    from .tokenization import Skipped
+    from .twin import negative_logit_twin

@@ -15,8 +15,8 @@ import unicodedata
 from pathlib import Path
 from typing import Callable
 
+from .config import ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, ExpandConfig, alias_help
 from .errors import InvalidInputError, MissingResourceError, VocabExpandError
-from .config import AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, ExpandConfig
 from .strategies import STRATEGIES
 
 Runner = Callable[[argparse.Namespace], int]
@@ -87,39 +87,84 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_expand_args(parser: argparse.ArgumentParser) -> None:
-    """Expansion options, each default read from ExpandConfig."""
+def add_expand_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Expansion options, generated from ExpandConfig's fields and every strategy's options class: defaults,
+    choices and help are read from there, so a new option or strategy needs no change here. ``skip``: fields
+    the command sets itself (diagnose and compare choose strategies with --strategies)."""
+    group = parser.add_argument_group("expansion options")
     choices = [AUTO, *sorted(STRATEGIES)]
     auto = f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus, {'/'.join(AUTO_WITHOUT_TEXT)} without"
-    parser.add_argument("--input-init", choices=choices, default=DEFAULTS.input_init, help=f"input rows (default: {auto})")
-    parser.add_argument("--output-init", choices=choices, default=DEFAULTS.output_init, help=f"output rows (default: {auto})")
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="(default: %(default)s)")
-    parser.add_argument("--pad-to-multiple-of", type=int, default=DEFAULTS.pad_to_multiple_of)
-    parser.add_argument("--forms", choices=["mid", "initial", "both"], default=DEFAULTS.forms,
-                        help="word forms to add: ' word' (mid), 'word' (initial) or both (default: %(default)s)")
-    parser.add_argument("--tie-policy", choices=["auto", "output", "input", "untie"], default=DEFAULTS.tie_policy,
-                        help="tied models: which strategy sets the shared row, or untie; auto unties for fit/distill "
-                             "(default: %(default)s)")
-    parser.add_argument("--fit-max-positions", type=int, default=DEFAULTS.fit_max_positions,
-                        help="fit/distill: cap on positions of domain text run and cached (memory and time; default: what "
-                             "8 occurrences per word cost, between 24,576 and 131,072)")
-    parser.add_argument("--fit-reg", type=float, default=DEFAULTS.fit_reg,
-                        help="fit: L2 pull toward the mean row (default: chosen on a calibration slice)")
-    parser.add_argument("--distill-epochs", type=int, default=DEFAULTS.distill_epochs, help="(default: %(default)s)")
-    parser.add_argument("--distill-max-windows", type=int, default=DEFAULTS.distill_max_windows,
-                        help="distill: cap on contexts over all words; fewer per word for large word lists, never "
-                             f"fewer than min_occurrences ({DEFAULTS.min_occurrences}) (default: %(default)s)")
-    parser.add_argument("--cov-scale", type=float, default=DEFAULTS.cov_scale, help="mean_cov variance scale")
-    parser.add_argument("--kind", choices=["vocab", "added"], default=DEFAULTS.kind,
-                        help="vocab: real vocabulary entries (words); added: added tokens (control strings)")
-    for flag in ("special", "lstrip", "rstrip", "single_word", "normalized"):
-        parser.add_argument(f"--{flag.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                            default=getattr(DEFAULTS, flag), help=f"added-token mode: {flag} (default: %(default)s)")
+    for spec in dataclasses.fields(ExpandConfig):
+        if spec.metadata.get("cli", True) is False or spec.name in skip:
+            continue
+        text = spec.metadata.get("help", "")
+        if spec.name in ("input_init", "output_init"):
+            _add_option(group, spec.name, spec.default, f"{spec.name.split('_')[0]} rows (default: {auto})",
+                        choices=choices)
+        else:
+            _add_option(group, spec.name, spec.default, text, choices=spec.metadata.get("choices"))
+    for name in ALIASES:
+        default, text = alias_help(name)
+        _add_option(group, name, default, text)
+    for name, cls in sorted(STRATEGIES.items()):
+        if cls.options_class is None or name in {place for place, _ in ALIASES.values()}:
+            continue
+        for spec in dataclasses.fields(cls.options_class):  # a plug-in strategy's options: --NAME-FIELD
+            _add_option(group, f"{name}_{spec.name}", spec.default, spec.metadata.get("help", ""),
+                        dest=f"{name}.{spec.name}")
+
+
+def _add_option(group, name: str, default, text: str, choices=None, dest: str | None = None) -> None:
+    """One --flag for a config field: booleans get --flag/--no-flag; numbers are parsed by the default's type."""
+    flag = "--" + name.replace("_", "-")
+    dest = dest or name
+    help_text = text if "default:" in text else f"{text} (default: %(default)s)".strip()
+    if isinstance(default, bool):
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+    else:
+        kind = _number if default is None or isinstance(default, (int, float)) else str
+        group.add_argument(flag, dest=dest, type=kind, default=default, choices=choices, help=help_text)
+
+
+def _number(text: str) -> int | float | None:
+    """An int, a float, or "none" for None (options such as --distill-max-windows none: no cap)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def expand_config(args: argparse.Namespace) -> ExpandConfig:
-    names = {f.name for f in dataclasses.fields(ExpandConfig)}
-    return ExpandConfig(**{k: v for k, v in vars(args).items() if k in names})
+    """The ExpandConfig of parsed arguments (plug-in strategies' options included)."""
+    names = {f.name for f in dataclasses.fields(ExpandConfig)} | set(ALIASES)
+    values = vars(args)
+    given = {k: v for k, v in values.items() if k in names}
+    plugin: dict[str, dict] = {}
+    for key, value in values.items():
+        if "." in key:
+            strategy, option = key.split(".", 1)
+            plugin.setdefault(strategy, {})[option] = value
+    if plugin:
+        given["strategy_options"] = {name: STRATEGIES[name].options_class(**options)
+                                     for name, options in plugin.items()}
+    return ExpandConfig(**given)
+
+
+PAIR_FIELDS = ("input_init", "output_init", "seed", "inplace")
+
+
+def pair_options(args: argparse.Namespace) -> dict:
+    """Expansion options that differ from the defaults, by flat name, for commands that try several strategy
+    pairs (diagnose, compare): a run with the defaults records no options, as before."""
+    config = expand_config(args)
+    names = [f.name for f in dataclasses.fields(ExpandConfig) if f.name not in PAIR_FIELDS + ("sampling",)]
+    changed = {name: getattr(config, name) for name in [*names, *ALIASES]
+               if name != "strategy_options" and getattr(config, name) != getattr(DEFAULTS, name)}
+    plugins = {name: options for name, options in config.strategy_options.items()
+               if name not in {place for place, _ in ALIASES.values()}}
+    return changed | ({"strategy_options": plugins} if plugins else {})
 
 
 @command("expand", "add words to a model and save the result")
@@ -147,7 +192,7 @@ def build_expand(parser: argparse.ArgumentParser):
         corpus = load_corpus(args.corpus) if args.corpus else None
         model, tokenizer = load_model(args.model)
         result = expand(model, tokenizer, words, corpus=corpus, progress=True,
-                        **dataclasses.asdict(config) | {"inplace": True})
+                        **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)} | {"inplace": True})
         result.report["model"] = args.model
         result.report["corpus"] = args.corpus
         print_summary(result)
@@ -210,13 +255,14 @@ def build_compare(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("-o", "--output", required=True, help="RUNS folder (rerunning the same command resumes)")
     parser.add_argument("--force", action="store_true", help="replace a folder that holds a different run")
+    add_expand_args(parser, skip=PAIR_FIELDS)
 
     def run(args: argparse.Namespace) -> int:
         from .experiments import compare
 
         train = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
         result = compare(args.model, args.corpus, read_words(args), args.strategies, args.output, twin=args.twin,
-                         force=args.force, **train)
+                         force=args.force, expand_options=pair_options(args), **train)
         for name, row in result.summary().items():
             reached = row["steps_to_target"]
             print(f"  {name:14s} bpc {row['bpc_start']:.4f} -> {row['bpc_final']:.4f}  steps to target: "
@@ -236,7 +282,7 @@ def build_mine(parser: argparse.ArgumentParser):
     parser.add_argument("--min-length", type=int, default=3)
     parser.add_argument("--pattern", help="keep only words matching this regex")
     parser.add_argument("--keep-numbers", action="store_true", help="allow words with digits")
-    parser.add_argument("--forms", choices=["mid", "initial", "both"], default=DEFAULTS.forms)
+    parser.add_argument("--forms", choices=FORM_CHOICES, default=DEFAULTS.forms)
     parser.add_argument("-o", "--output", help="words file to write (one word a line)")
     parser.add_argument("--force", action="store_true")
 
@@ -286,6 +332,7 @@ def build_diagnose(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("-o", "--output", required=True, help="report folder")
     parser.add_argument("--force", action="store_true")
+    add_expand_args(parser, skip=PAIR_FIELDS)
 
     def run(args: argparse.Namespace) -> int:
         from .corpus import load_corpus
@@ -300,10 +347,11 @@ def build_diagnose(parser: argparse.ArgumentParser):
         pairs = [p.name for p in parse_strategies(args.strategies)]
         corpus = load_corpus(args.corpus)
         model, tokenizer = load_model(args.model)
-        options = dict(max_tokens=args.max_tokens, seed=args.seed, generate=not args.no_generate)
+        options = dict(max_tokens=args.max_tokens, seed=args.seed, generate=not args.no_generate,
+                       **pair_options(args))
         found = [diagnose(model, tokenizer, words, corpus, pairs, label=args.model, **options)]
         if args.twin:
-            from .testing import negative_logit_twin
+            from .twin import negative_logit_twin
 
             twin = negative_logit_twin(model, tokenizer, corpus)
             found.append(diagnose(twin, tokenizer, words, corpus, pairs, label=f"{args.model} twin", **options))

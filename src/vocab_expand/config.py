@@ -1,7 +1,13 @@
-"""The one place where expansion defaults are defined.
+"""The one place where expansion defaults are defined, with the choices and help text the CLI reads.
 
-Every default carries its reason. The CLI reads its defaults from these fields, so the library and
-the command line can never disagree. The full config is saved next to every output (expansion.json).
+Every default carries its reason, and its help text lives once, in the field's metadata (`help=`): the CLI
+builds its options from these fields, so the library and the command line can never disagree. The full config
+is saved next to every output (expansion.json).
+
+Options of one strategy are that strategy's own typed dataclass (`Strategy.options_class`, e.g. DistillOptions
+in strategies/distill/), kept per strategy name in `strategy_options`; options shared by every data-driven
+strategy (the domain-text sample) are `SamplingOptions`. The historic flat names (`distill_max_windows`,
+`fit_reg`, `cov_scale`, ...) still work as keyword arguments and attributes: ALIASES routes each one.
 
 Deliberately left out: anything about loading, diagnosis or training; those have their own options.
 """
@@ -9,17 +15,74 @@ Deliberately left out: anything about loading, diagnosis or training; those have
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Literal, get_args
+
 from .errors import InvalidInputError, InvalidTypeError
+from .options import check_choice, check_int, doc, opt
+
+WordForms = Literal["mid", "initial", "both"]
+TiePolicy = Literal["auto", "output", "input", "untie"]
+TokenKind = Literal["vocab", "added"]
+FORM_CHOICES: tuple[str, ...] = get_args(WordForms)
+TIE_POLICIES: tuple[str, ...] = get_args(TiePolicy)
+TOKEN_KINDS: tuple[str, ...] = get_args(TokenKind)
+
 
 # Smallest fit_max_positions: four chunks of 256 tokens. With fewer, the sample can hold no anchor at all, or
 # none in the calibration slice (measured: 1, 10 and 100 failed on kjv, with an IndexError or "give more text").
 MIN_FIT_POSITIONS = 1024
 
-WordForms = Literal["mid", "initial", "both"]
-TiePolicy = Literal["auto", "output", "input", "untie"]
-TokenKind = Literal["vocab", "added"]
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The domain-text sample every data-driven strategy learns from (sampling.py)."""
+
+    # Cap on positions of domain text run through the model and cached (hidden states, P x d floats). None: what
+    # min_sampled_occurrences per word costs, between 24,576 and 131,072 (sampling.py); 24k is about a minute
+    # of forward passes for SmolLM2 on 2 CPU cores and 55 MB of states.
+    max_positions: int | None = opt(None, "fit/distill: cap on positions of domain text run and cached (memory "
+                                          "and time; default: what 8 occurrences per word cost, between 24,576 "
+                                          "and 131,072)")
+    # Share of the sampled training documents kept aside to choose fit_reg and stop distillation early.
+    calibration_fraction: float = opt(0.2, "fit/distill: share of the sample kept aside for calibration")
+    # Expected occurrences per word in the sample: rare words are sampled more often (and weighted down).
+    min_sampled_occurrences: int = opt(8, "fit/distill: expected occurrences of each word in the sample")
+    # Words seen fewer times than this in the fitting part of the sample keep the fallback rows.
+    min_occurrences: int = opt(2, "fit/distill: words seen fewer times keep their starting rows")
+
+    def __post_init__(self) -> None:
+        if self.max_positions is not None:  # below this, the sample may hold no text to fit or calibrate on
+            check_int("fit_max_positions", self.max_positions, minimum=MIN_FIT_POSITIONS)
+        check_int("min_sampled_occurrences", self.min_sampled_occurrences, minimum=1)
+        check_int("min_occurrences", self.min_occurrences, minimum=0)
+        if not 0.0 < self.calibration_fraction < 1.0:
+            raise InvalidInputError(f"calibration_fraction must be between 0 and 1, got {self.calibration_fraction}")
+
+
+class _Unset:
+    """The default of an alias keyword: "not given" (None is a meaningful value for some options)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+# Flat historic names -> (where the option lives: "sampling" or a strategy name, field name).
+ALIASES: dict[str, tuple[str, str]] = {
+    "fit_max_positions": ("sampling", "max_positions"),
+    "calibration_fraction": ("sampling", "calibration_fraction"),
+    "min_sampled_occurrences": ("sampling", "min_sampled_occurrences"),
+    "min_occurrences": ("sampling", "min_occurrences"),
+    "fit_reg": ("fit", "reg"),
+    "distill_contexts": ("distill", "contexts"),
+    "distill_context_tokens": ("distill", "context_tokens"),
+    "distill_window": ("distill", "window"),
+    "distill_epochs": ("distill", "epochs"),
+    "distill_max_windows": ("distill", "max_windows"),
+    "cov_scale": ("mean_cov", "scale"),
+}
 
 
 @dataclass(frozen=True)
@@ -29,55 +92,51 @@ class ExpandConfig:
     # "auto": with domain text, distill/fit (measured: held-out bits per character at or below the original
     # model's, BENCHMARKS.md); without, subword (FVT: the mean of the word's old pieces keeps what the model
     # knew) and mean (safety: KL(old || new) <= log(1 + k/n) on any model, Hewitt).
-    input_init: str = "auto"
-    output_init: str = "auto"
+    input_init: str = opt("auto", "input rows (auto: distill with a corpus, subword without)")
+    output_init: str = opt("auto", "output rows (auto: fit with a corpus, mean without)")
     # Every random step is seeded: the same seed gives the same bytes.
-    seed: int = 0
+    seed: int = opt(0, "seed of every random step")
     # None keeps the smallest row count; a multiple such as 64 helps tensor cores.
-    pad_to_multiple_of: int | None = None
+    pad_to_multiple_of: int | None = opt(None, "round the row count up to a multiple of this")
     # "mid" (" word") is the form that occurs in running text; "both" adds the sentence-initial form too.
-    forms: WordForms = "mid"
+    forms: WordForms = opt("mid", "word forms to add: ' word' (mid), 'word' (initial) or both",
+                           choices=FORM_CHOICES)
     # Tied models have one row per token. When the two strategies differ, the output strategy sets it
     # ("output"), because the output row is what decides whether the model's distribution survives.
     # "auto" does that too, except that it unties for fit/distill, whose rows only make sense on their side.
-    tie_policy: TiePolicy = "auto"
-    # Variance scale s of mean_cov: N(mu, s * Sigma). Small, so rows differ but logits barely move.
-    cov_scale: float = 1e-5
+    tie_policy: TiePolicy = opt("auto", "tied models: which strategy sets the shared row, or untie; auto unties "
+                                        "for strategies that learn from text", choices=TIE_POLICIES)
     # "vocab": real vocabulary entries, spaces kept. "added": tokenizer added tokens (control strings).
-    kind: TokenKind = "vocab"
+    kind: TokenKind = opt("vocab", "vocab: real vocabulary entries (words); added: added tokens (control "
+                                   "strings)", choices=TOKEN_KINDS)
     # Added-token mode only: never special by default, since servers skip special tokens when decoding.
-    special: bool = False
+    special: bool = opt(False, "added-token mode: special")
     # Added-token mode only, the flags tokenizers know. Control strings match the raw text exactly by default.
-    lstrip: bool = False
-    rstrip: bool = False
-    single_word: bool = False
-    normalized: bool = False
+    lstrip: bool = opt(False, "added-token mode: lstrip")
+    rstrip: bool = opt(False, "added-token mode: rstrip")
+    single_word: bool = opt(False, "added-token mode: single_word")
+    normalized: bool = opt(False, "added-token mode: normalized")
     # Leave the caller's model and tokenizer untouched unless asked.
-    inplace: bool = False
-    # fit/distill only. Cap on positions of domain text run through the model and cached (hidden states,
-    # P x d floats). None: what min_sampled_occurrences per word costs, between 24,576 and 131,072 (sampling.py);
-    # 24k is about a minute of forward passes for SmolLM2 on 2 CPU cores and 55 MB of states.
-    fit_max_positions: int | None = None
-    # Strength of the L2 pull of fitted output rows toward the mean row; None: chosen on the calibration slice.
-    fit_reg: float | None = None
-    # Share of the sampled training documents kept aside to choose fit_reg and stop distillation early.
-    calibration_fraction: float = 0.2
-    # Expected occurrences per word in the sample: rare words are sampled more often (and weighted down).
-    min_sampled_occurrences: int = 8
-    # Words seen fewer times than this in the fitting part of the sample keep the fallback rows.
-    min_occurrences: int = 2
-    # Distillation: contexts per word, tokens of left context, tokens matched after the word, epochs.
-    # Measured on SmolLM2 (100 words): 8 contexts, 12 tokens, 4 after, 4 epochs take about a minute.
-    distill_contexts: int = 8
-    distill_context_tokens: int = 12
-    distill_window: int = 4
-    distill_epochs: int = 4
-    # Cap on fitting windows over all words, since distillation's cost grows with k: 1,000 words keep 8
-    # contexts each, 2,000 get 4, never fewer than min_occurrences. None: distill_contexts for every word.
-    # Measured on SmolLM2, 1,000 words: 4 contexts each cost 0.47 points of bits per character (BENCHMARKS.md).
-    distill_max_windows: int | None = 8192
+    inplace: bool = opt(False, "modify the given model and tokenizer instead of copies", cli=False)
+    # The sample of domain text shared by the data-driven strategies.
+    sampling: SamplingOptions = field(default_factory=SamplingOptions, metadata=doc("", cli=False))
+    # Typed options per strategy name (Strategy.options_class); a strategy not listed uses its defaults.
+    strategy_options: dict[str, Any] = field(default_factory=dict, hash=False, metadata=doc("", cli=False))
+    # Flat aliases of options that live in `sampling` or in a strategy's options (see ALIASES). Keyword-only
+    # in spirit: pass them by name.
+    fit_max_positions: InitVar[Any] = UNSET
+    calibration_fraction: InitVar[Any] = UNSET
+    min_sampled_occurrences: InitVar[Any] = UNSET
+    min_occurrences: InitVar[Any] = UNSET
+    fit_reg: InitVar[Any] = UNSET
+    distill_contexts: InitVar[Any] = UNSET
+    distill_context_tokens: InitVar[Any] = UNSET
+    distill_window: InitVar[Any] = UNSET
+    distill_epochs: InitVar[Any] = UNSET
+    distill_max_windows: InitVar[Any] = UNSET
+    cov_scale: InitVar[Any] = UNSET
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, *given: Any) -> None:
         if self.pad_to_multiple_of is not None:
             if isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, int):
                 raise InvalidTypeError(
@@ -85,28 +144,48 @@ class ExpandConfig:
                 )
             if self.pad_to_multiple_of <= 0:
                 raise InvalidInputError(f"pad_to_multiple_of must be positive, got {self.pad_to_multiple_of}")
-        _check_choice("forms", self.forms, ("mid", "initial", "both"))
-        _check_choice("tie_policy", self.tie_policy, ("auto", "output", "input", "untie"))
-        _check_choice("kind", self.kind, ("vocab", "added"))
+        check_choice("forms", self.forms, FORM_CHOICES)
+        check_choice("tie_policy", self.tie_policy, TIE_POLICIES)
+        check_choice("kind", self.kind, TOKEN_KINDS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InvalidTypeError(f"seed must be an int, got {self.seed!r}")
-        if not self.cov_scale >= 0:
-            raise InvalidInputError(f"cov_scale must be >= 0, got {self.cov_scale}")
-        for name in ("min_sampled_occurrences", "distill_contexts", "distill_window"):
-            _check_int(name, getattr(self, name), minimum=1)
-        if self.fit_max_positions is not None:  # below this, the sample may hold no text to fit or calibrate on
-            _check_int("fit_max_positions", self.fit_max_positions, minimum=MIN_FIT_POSITIONS)
-        if self.distill_max_windows is not None:
-            _check_int("distill_max_windows", self.distill_max_windows, minimum=1)
-        for name in ("min_occurrences", "distill_context_tokens", "distill_epochs"):
-            _check_int(name, getattr(self, name), minimum=0)
-        if not 0.0 < self.calibration_fraction < 1.0:
-            raise InvalidInputError(f"calibration_fraction must be between 0 and 1, got {self.calibration_fraction}")
-        if self.fit_reg is not None and not self.fit_reg >= 0:
-            raise InvalidInputError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.fit_reg}")
+        routed = {name: value for name, value in zip(ALIASES, given) if value is not UNSET}
+        if routed:
+            self._route(routed)
+        for name, options in self.strategy_options.items():
+            _check_options(name, options)
+
+    def _route(self, flat: dict[str, Any]) -> None:
+        """Put flat alias values where they live (a frozen dataclass sets its own fields once, here)."""
+        by_place: dict[str, dict[str, Any]] = {}
+        for name, value in flat.items():
+            place, attribute = ALIASES[name]
+            by_place.setdefault(place, {})[attribute] = value
+        if "sampling" in by_place:
+            object.__setattr__(self, "sampling", dataclasses.replace(self.sampling, **by_place.pop("sampling")))
+        options = dict(self.strategy_options)
+        for place, values in by_place.items():
+            options[place] = dataclasses.replace(self.options_for(place), **values)
+        object.__setattr__(self, "strategy_options", options)
+
+    def options_for(self, strategy: str) -> Any:
+        """The typed options of ``strategy``: the ones given, else its options class's defaults (None if it has
+        no options)."""
+        if strategy in self.strategy_options:
+            return self.strategy_options[strategy]
+        from .strategies import get_strategy
+
+        options_class = get_strategy(strategy).options_class
+        return options_class() if options_class is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every option as plain JSON data, flat names included (expansion.json)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("sampling", "strategy_options")}
+        data["sampling"] = dataclasses.asdict(self.sampling)
+        data["strategy_options"] = {name: dataclasses.asdict(o) for name, o in sorted(self.strategy_options.items())}
+        data.update({name: getattr(self, name) for name in ALIASES})
+        return data
 
     def resolved(self, has_text: bool) -> "ExpandConfig":
         """This config with "auto" strategies replaced: distill/fit with domain text, subword/mean without."""
@@ -118,14 +197,42 @@ class ExpandConfig:
         )
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _alias_property(name: str) -> property:
+    place, attribute = ALIASES[name]
+
+    def read(self: ExpandConfig) -> Any:
+        holder = self.sampling if place == "sampling" else self.options_for(place)
+        return getattr(holder, attribute)
+
+    read.__doc__ = f"Alias of {place}.{attribute}."
+    return property(read)
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+for _name in ALIASES:  # read access to the flat names (the InitVar defaults above are only for __init__)
+    setattr(ExpandConfig, _name, _alias_property(_name))
+
+
+def _check_options(name: str, options: object) -> None:
+    """A strategy's options must be an instance of its options class (typed, validated by its __post_init__)."""
+    from .strategies import get_strategy
+
+    expected = get_strategy(name).options_class
+    if expected is None or not isinstance(options, expected):
+        wanted = expected.__name__ if expected else "no options"
+        raise InvalidTypeError(f"strategy_options[{name!r}] must be a {wanted}, got {type(options).__name__}")
+
+
+def alias_help(name: str) -> tuple[Any, str]:
+    """(default, help text) of a flat alias, read from the field it routes to."""
+    place, attribute = ALIASES[name]
+    if place == "sampling":
+        holder_class = SamplingOptions
+    else:
+        from .strategies import get_strategy
+
+        holder_class = get_strategy(place).options_class
+    spec = {f.name: f for f in dataclasses.fields(holder_class)}[attribute]
+    return spec.default, spec.metadata.get("help", "")
 
 
 AUTO = "auto"

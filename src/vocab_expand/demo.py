@@ -14,13 +14,13 @@ import os
 from pathlib import Path
 
 from .corpus import load_corpus
-from .diagnostics import DEFAULT_STRATEGIES, Diagnosis, diagnose
+from .diagnostics import DEFAULT_STRATEGIES, diagnose
 from .expansion import expand
 from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
-from .report import table, write_into
-from .testing import negative_logit_twin
+from .report import demo_summary, table, write_into
+from .twin import negative_logit_twin
 
 
 def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,
@@ -47,38 +47,7 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
         for name, diagnosis in (("original", original), ("twin", twin)):
             (tmp / name).mkdir()
             write_into(diagnosis, tmp / name)
-        (tmp / "report.md").write_text(summary(model_name, corpus_name, found, saving, result.report, original, twin),
+        (tmp / "report.md").write_text(demo_summary(model_name, corpus_name, found, saving, result.report, original, twin),
                                        encoding="utf-8")
     print(f"wrote {Path(output) / 'report.md'}; the expanded model is in {Path(output) / 'model'}")
     return 0
-
-
-def summary(model_name, corpus_name, found, saving, report, original: Diagnosis, twin: Diagnosis) -> str:
-    lines = [
-        f"# vocab-expand: {model_name} on {corpus_name}", "",
-        f"Mined {len(found)} words; they save {saving['tokens_saved']} of {saving['heldout_tokens']} held-out tokens "
-        f"({saving['percent_saved']:.2f}%). Saved model: `model/` ({report['input_strategy']} input rows, "
-        f"{report['output_strategy']} output rows, tied: {report['tied']}).", "",
-        "Words: " + ", ".join(f"{c.word} ({c.pieces} pieces)" for c in found), "",
-        "## The model and its negative-logit twin", "",
-        "The twin has exactly the same next-token distribution, but every logit is shifted below -20, as in "
-        "GPT-2 small or Gemma-2b. Zero and random rows have logits near 0, so on the twin they take nearly all "
-        "the probability; mean rows stay within log(1 + k/n) on both.", "",
-        "| strategy | model: mean KL | model: moved | model: Δbpc | twin: mean KL | twin: moved | twin: Δbpc | "
-        "twin: new tokens in greedy text |", "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, row in original.strategies.items():
-        t = twin.strategies[name]
-        share = sum(g.get("greedy_new_token_share", 0.0) for g in t["generations"]) / max(1, len(t["generations"]))
-        lines.append(f"| {name} | {row['kl']['mean']:.2e} | {100 * row['moved_probability']['mean']:.2f}% "
-                     f"| {row['bpc_change_percent']:+.2f}% | {t['kl']['mean']:.2e} "
-                     f"| {100 * t['moved_probability']['mean']:.2f}% | {t['bpc_change_percent']:+.2f}% | {100 * share:.0f}% |")
-    lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
-              "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
-              "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
-              "![twin bits per character](twin/bits_per_character.png)", "", "## Greedy generations on the twin", ""]
-    first = twin.figures["generations_before"][0]
-    lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
-    lines += [f"- {name}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
-    lines += ["", "Full reports: [original/report.md](original/report.md), [twin/report.md](twin/report.md)."]
-    return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ Cost: one forward pass of the original model gives every strategy's figures 1-4 
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
 tokenization changed; the others reuse the original pass.
 
-Left out: writing the report (report.py); the negative-logit twin (testing.py).
+Left out: writing the report (report.py); the negative-logit twin (twin.py).
 """
 
 from __future__ import annotations
@@ -36,11 +36,16 @@ from transformers import PreTrainedTokenizerBase
 
 from . import metrics
 from .corpus import Corpus, require_corpus
-from .expansion import Expansion, NewRows, TokenPlan, apply_plan, check_strategies, hewitt_bound, make_config, new_rows, plan_tokens
-from .forward import PassStats, head_logits, run_pass
-from .strategies import STRATEGIES, get_strategy
-from .tokenization import check_words, start_token_id
 from .errors import InvalidInputError
+from .expansion import Expansion, apply_plan, make_config
+from .metrics import hewitt_bound
+from .planning import TokenPlan, plan_tokens
+from .rows import NewRows, check_strategies, new_rows
+from .forward import PassStats, run_pass
+from .heads import head_logits, paired_logits
+from .resize import embedding_layout
+from .strategies import STRATEGIES, get_strategy
+from .tokenization import check_words, documents_up_to, start_token_id
 
 DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
@@ -245,13 +250,7 @@ def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_token
     """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
     if not corpus.heldout:
         raise InvalidInputError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
-    docs, total = [], 0
-    for doc in corpus.heldout:
-        docs.append(doc)
-        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
-        if total >= max_tokens:
-            break
-    return docs
+    return documents_up_to(corpus.heldout, tokenizer, max_tokens)
 
 
 class _Runner:
@@ -381,7 +380,20 @@ class _Runner:
             "bpc_change_percent": 100.0 * (bpc_after / self.bpc_before - 1.0),
             "new_token_probability_on_new_targets":
                 weighted_mean(torch.exp(target_logit[is_new] - log_z_new[is_new]), weight[is_new]),
+            **self.adoption_figures(after.hidden[is_new], after.target[is_new] - self.n_old, target_logit[is_new]),
         }
+
+    def adoption_figures(self, hidden: Tensor, word: Tensor, new_logit: Tensor) -> dict[str, Any]:
+        """Where the text has a new word: how often its new token outranks the word's old first piece."""
+        layout = embedding_layout(self.model)
+        first = torch.tensor([p[0] for p in self.plan.pieces], dtype=torch.long)[word]
+        head = layout.output if layout.output is not None else layout.input
+        bias = head.bias.detach()[first] if getattr(head, "bias", None) is not None else None
+        first_logit = paired_logits(self.model, hidden, head.weight.detach()[first], bias)
+        share, per_word = metrics.adoption(new_logit, first_logit, word, self.k)
+        names = [e.word + ("" if e.form == "mid" else f" ({e.form})") for e in self.plan.entries]
+        return {"adoption": share,
+                "adoption_per_word": {n: (None if math.isnan(v) else v) for n, v in zip(names, per_word.tolist())}}
 
 
 @torch.inference_mode()

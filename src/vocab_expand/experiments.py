@@ -16,6 +16,7 @@ Left out: the training loop (training.py), the expansion (expansion.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -30,12 +31,14 @@ from transformers import PreTrainedTokenizerBase
 
 from .corpus import Corpus, load_corpus
 from .diagnostics import StrategyPair, heldout_sample, parse_strategies
-from .expansion import apply_plan, make_config, plan_tokens
-from .io import check_no_overlap, check_writable, write_json, write_text_atomic
+from .errors import InvalidInputError, OutputExistsError
+from .expansion import apply_plan, make_config
+from .planning import plan_tokens
+from .io import check_no_overlap, check_writable, write_json
 from .strategies import get_strategy
 from .tokenization import check_words, start_token_id
+from .report import write_comparison
 from .training import RunFolder, TrainConfig, TrainingData, data_order, pack, train_run
-from .errors import InvalidInputError, OutputExistsError
 
 DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
 REFERENCE = "hf_default"
@@ -117,7 +120,7 @@ def compare(
     # cpu=True without a GPU: under a multi-process launcher Accelerate then runs gloo across CPU processes.
     accelerator = Accelerator(cpu=not _has_gpu(), mixed_precision="bf16" if config.bf16 and _bf16_supported() else "no")
     request = {"label": label, "corpus": corpus.name, "words": word_list, "strategies": [p.name for p in pairs],
-               "train": config.to_dict(), "expand": options}
+               "train": config.to_dict(), "expand": _jsonable(options)}
     with _runs_folder(output, request, force, accelerator) as runs:
         status = {}
         for pair in pairs:
@@ -148,7 +151,7 @@ def _inputs(model, tokenizer, corpus, twin):
         raise InvalidInputError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
     corpus = load_corpus(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus
     if twin:
-        from .testing import negative_logit_twin
+        from .twin import negative_logit_twin
 
         model, label = negative_logit_twin(model, tokenizer, corpus), f"{label} negative-logit twin"
     return label, model, tokenizer, corpus
@@ -221,7 +224,8 @@ def clear_run(path: Path) -> None:
 
 
 def _jsonable(data: Any) -> Any:
-    return json.loads(json.dumps(data))
+    """Plain JSON data (dataclass options as dicts), as it reads back from run.json."""
+    return json.loads(json.dumps(data, default=lambda o: dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o))
 
 
 def folder_name(pair: StrategyPair) -> str:
@@ -284,34 +288,3 @@ def collect(runs: Path, pairs: list[StrategyPair], label: str, status: dict[str,
     steps = {name: next((r["step"] for r in records if final is not None and r["bits_per_character"] <= final), None)
              for name, records in evaluations.items()}
     return Comparison(label, evaluations, losses, status, request, reference, final, steps)
-
-
-def write_comparison(comparison: Comparison, runs: Path) -> None:
-    from .report import plot_curves
-
-    write_json(runs / "comparison.json", comparison.to_dict())
-    plot_curves(comparison, runs)
-    write_text_atomic(runs / "report.md", comparison_markdown(comparison))
-
-
-def comparison_markdown(comparison: Comparison) -> str:
-    train = comparison.config["train"]
-    lines = [
-        f"# Adaptation: {comparison.label} on {comparison.config['corpus']}", "",
-        f"{len(comparison.config['words'])} words; {train['steps']} steps of {train['batch_size']} x {train['seq_len']} "
-        f"tokens ({train['train']} fine-tuning, lr {train['learning_rate']}, seed {train['seed']}), identical data "
-        f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
-        f"Target: {comparison.reference}'s final bits per character"
-        + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
-        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "
-        "| updates skipped (inf/nan gradient) | status |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in comparison.summary().items():
-        reached = row["steps_to_target"]
-        lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
-                     f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
-                     f"{row['new_token_probability_final']:.3f} | {len(row['skipped_steps'])} | "
-                     f"{comparison.status.get(name, '')} |")
-    lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
-    return "\n".join(lines)

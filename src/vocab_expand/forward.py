@@ -5,7 +5,8 @@ hook, so it works for any transformers causal LM), log Z and the maximum over th
 target's logit when the target is an old token. With these, any set of new output rows can be scored with a
 [positions x k] product: the [positions x n] product is never repeated.
 
-Left out: which sequences to run and what the figures are (diagnostics.py).
+Left out: which sequences to run and what the figures are (diagnostics.py, learning/); the head and embedding
+arithmetic (heads.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .heads import embed_with_rows
 from .resize import embedding_layout
 
 # Logits are [batch tokens x vocabulary] floats: 2^27 of them is 512 MB, so big vocabularies get smaller batches.
@@ -45,49 +47,6 @@ class PassStats:
     @staticmethod
     def concat(parts: list["PassStats"]) -> "PassStats":
         return PassStats(*(torch.cat([getattr(p, f) for p in parts]) for f in PassStats.__dataclass_fields__))
-
-
-def softcap(model: nn.Module) -> float | None:
-    """The model's final logit soft-capping value (Gemma 2 style), if any."""
-    value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    return float(value) if value else None
-
-
-def head_logits(model: nn.Module, hidden: Tensor, rows: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Logits of output ``rows`` [k, d] for ``hidden`` [P, d], as the model computes them (bias, soft-cap)."""
-    logits = hidden @ rows.to(torch.float32).T
-    if bias is not None:
-        logits = logits + bias.to(torch.float32)
-    return capped(logits, softcap(model))
-
-
-def capped(logits: Tensor, cap: float | None) -> Tensor:
-    """Gemma-2-style soft-capping cap * tanh(logits / cap); the logits themselves when cap is None."""
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
-def embedding_scale(module: nn.Embedding) -> float:
-    """The factor s with module(i) == s * weight[i] (Gemma scales by sqrt(d)); a clear error if it is not a
-    scaled lookup, since new rows are then fed as inputs_embeds."""
-    probe = int(module.weight.detach().norm(dim=1).argmax())
-    row = module.weight.detach()[probe].to(torch.float32)
-    out = module(torch.tensor([probe], device=module.weight.device))[0].detach().to(torch.float32)
-    scale = float(out @ row / (row @ row))
-    if not torch.allclose(out, scale * row, rtol=1e-3, atol=1e-6):
-        raise TypeError(f"{type(module).__name__} is not a (scaled) lookup of its weight rows; "
-                        "fit and distill need one to feed new input rows")
-    return scale
-
-
-def embed_with_rows(model: nn.Module, ids: Tensor, rows: Tensor, n_old: int, scale: float | None = None) -> Tensor:
-    """Input embeddings [B, T, d] of ``ids`` for a model without the new rows: ids >= n_old take ``rows``
-    [k, d] (gradients flow to ``rows`` only), older ids the model's own rows."""
-    module = model.get_input_embeddings()
-    scale = embedding_scale(module) if scale is None else scale
-    is_new = ids >= n_old
-    old = module(torch.where(is_new, torch.zeros_like(ids), ids))
-    new = rows[(ids - n_old).clamp_min(0)] * scale
-    return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)
 
 
 def batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -147,6 +106,10 @@ def run_pass(
 
 
 def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=None) -> PassStats:
+    """One batch on the device of the model's input embedding (Accelerate's hooks move it on from there); the
+    kept statistics come back to the CPU in float32, reduced from the logits in float32 whatever the model's
+    dtype (a bf16 log Z is off by up to 0.07 nats)."""
+    device = model.get_input_embeddings().weight.device
     width = max(len(sequences[i]) for i in group)
     ids = torch.full((len(group), width + 1), start_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -154,25 +117,24 @@ def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=
         ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
         mask[row, : len(sequences[i]) + 1] = 1
     captured.clear()
+    inputs, attention = ids[:, :-1].to(device), mask[:, :-1].to(device)
     if input_rows is None:
-        logits = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1]).logits
+        logits = model(input_ids=inputs, attention_mask=attention).logits
     else:
-        embeds = embed_with_rows(model, ids[:, :-1], input_rows, n_old)
-        logits = model(inputs_embeds=embeds, attention_mask=mask[:, :-1]).logits
-    old = logits[..., :n_old]  # a view: reductions below never copy the [tokens x vocabulary] logits
+        embeds = embed_with_rows(model, inputs, input_rows, n_old)
+        logits = model(inputs_embeds=embeds, attention_mask=attention).logits
     valid = mask[:, 1:].bool()
     target = ids[:, 1:]
-    is_old = target < n_old
-    target_logit = old.gather(2, target.clamp_max(n_old - 1).unsqueeze(2)).squeeze(2).to(torch.float32)
-    target_logit = torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan))
-    doc = torch.tensor(group).unsqueeze(1).expand_as(valid)[valid]
-    index = torch.arange(width).unsqueeze(0).expand_as(valid)[valid]
+    on_device = valid.to(logits.device)
+    old = logits[..., :n_old][on_device].to(torch.float32)  # [positions, n_old], kept positions only
+    is_old = target[valid] < n_old
+    target_logit = old.gather(1, target[valid].clamp_max(n_old - 1).to(old.device).unsqueeze(1)).squeeze(1).cpu()
     return PassStats(
-        hidden=captured[-1].to(torch.float32)[valid],
-        log_z=torch.logsumexp(old, dim=-1).to(torch.float32)[valid],
-        max_logit=old.max(dim=-1).values.to(torch.float32)[valid],
+        hidden=captured[-1][valid.to(captured[-1].device)].to(torch.float32).cpu(),
+        log_z=torch.logsumexp(old, dim=-1).cpu(),
+        max_logit=old.max(dim=-1).values.cpu(),
         target=target[valid],
-        target_logit=target_logit[valid],
-        doc=doc,
-        index=index,
+        target_logit=torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan)),
+        doc=torch.tensor(group).unsqueeze(1).expand_as(valid)[valid],
+        index=torch.arange(width).unsqueeze(0).expand_as(valid)[valid],
     )

@@ -53,3 +53,21 @@ def full_softmax_kl(old_logits: Tensor, new_logits_all: Tensor) -> Tensor:
     log_p_old = torch.log_softmax(old_logits.double(), dim=-1)
     log_p_new = torch.log_softmax(new_logits_all.double(), dim=-1)[..., :n]
     return (log_p_old.exp() * (log_p_old - log_p_new)).sum(-1)
+
+
+def hewitt_bound(k: int, n: int) -> float:
+    """log(1 + k/n): the most KL(old || new) that k mean-initialized output rows can cost, over n tokens."""
+    return math.log1p(k / n) if n else float("inf")
+
+
+def adoption(new_logit: Tensor, first_piece_logit: Tensor, word: Tensor, k: int) -> tuple[float, Tensor]:
+    """How often the model would write a new word with its new token: at each occurrence (where the text has
+    the word), whether the new token's logit is above the logit of the word's old first piece.
+
+    new_logit, first_piece_logit [P] and word [P] (0..k-1) at the P occurrences -> (overall share, share per
+    word [k], nan for a word with no occurrence). E.g. logits (2, 0), (1, 3), words (0, 0) -> 0.5, [0.5].
+    """
+    wins = (new_logit > first_piece_logit).to(torch.float64)
+    counts = torch.bincount(word, minlength=k).to(torch.float64)
+    per_word = torch.bincount(word, weights=wins, minlength=k) / counts
+    return (wins.mean().item() if wins.numel() else math.nan), per_word

@@ -1,8 +1,8 @@
-"""Writing a diagnosis: report.md (tables and one verdict per strategy), diagnosis.json (every figure),
-and PNG figures (KL histograms on a log axis, the log Z histogram, bits per character), atomically; and
-the adaptation curves of a comparison.
+"""The one writer of every result: a diagnosis (report.md with tables and one verdict per strategy,
+diagnosis.json with every figure, PNG figures: KL histograms on a log axis, the log Z histogram, bits per
+character), a comparison (comparison.json, report.md, adaptation curves) and the main job's summary.
 
-Left out: computing the figures (diagnostics.py).
+Left out: computing the figures (diagnostics.py, experiments.py, demo.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .io import atomic_directory, write_json
+from .io import atomic_directory, write_json, write_text_atomic
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnosis
@@ -60,8 +60,8 @@ def markdown(diagnosis: "Diagnosis", prefix: str = "") -> str:
         "## Verdicts", "", *[f"- {row['verdict']}" for row in diagnosis.strategies.values()], "",
         "## Figures", "",
         "| strategy | input rows | output rows | mean KL | median | p99 | max KL | within bound | moved mean | "
-        "moved max | new argmax | bpc | Δbpc |",
-        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "moved max | new argmax | bpc | Δbpc | adoption |",
+        "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in diagnosis.strategies.items():
         kl = row["kl"]
@@ -69,9 +69,11 @@ def markdown(diagnosis: "Diagnosis", prefix: str = "") -> str:
                    f"| {kl['p99']:.2e} | {kl['max']:.2e} | {'yes' if row['within_bound'] else 'no'} "
                    f"| {100 * row['moved_probability']['mean']:.2f}% | {100 * row['moved_probability']['max']:.2f}% "
                    f"| {100 * row['new_token_argmax_share']:.1f}% | {row.get('bpc_after', math.nan):.4f} "
-                   f"| {row.get('bpc_change_percent', math.nan):+.2f}% |")
+                   f"| {row.get('bpc_change_percent', math.nan):+.2f}% | {100 * row.get('adoption', math.nan):.0f}% |")
     out += [
-        "", f"Bits per character before expansion: {f['bpc_before']:.4f}.", "",
+        "", f"Bits per character before expansion: {f['bpc_before']:.4f}. Adoption: where the held-out text has a "
+        "new word, the share of occurrences where the new token outranks the word's old first piece (would the "
+        "model write the word with its new token?).", "",
         "## Risk of this model, before choosing a strategy", "",
         f"log Z over held-out prefixes: mean {risk['log_z']['mean']:.2f}, median {risk['log_z']['median']:.2f}, "
         f"min {risk['log_z_min']:.2f}, max {risk['log_z']['max']:.2f}. Zero or random rows (logit about 0) would cost "
@@ -185,3 +187,65 @@ def _plot_lines(series: dict[str, list[dict]], key: str, ylabel: str, title: str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     _save(plt, fig, path)
+
+
+def write_comparison(comparison: Comparison, runs: Path) -> None:
+    write_json(runs / "comparison.json", comparison.to_dict())
+    plot_curves(comparison, runs)
+    write_text_atomic(runs / "report.md", comparison_markdown(comparison))
+
+
+def comparison_markdown(comparison: Comparison) -> str:
+    train = comparison.config["train"]
+    lines = [
+        f"# Adaptation: {comparison.label} on {comparison.config['corpus']}", "",
+        f"{len(comparison.config['words'])} words; {train['steps']} steps of {train['batch_size']} x {train['seq_len']} "
+        f"tokens ({train['train']} fine-tuning, lr {train['learning_rate']}, seed {train['seed']}), identical data "
+        f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
+        f"Target: {comparison.reference}'s final bits per character"
+        + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
+        "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "
+        "| updates skipped (inf/nan gradient) | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in comparison.summary().items():
+        reached = row["steps_to_target"]
+        lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
+                     f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
+                     f"{row['new_token_probability_final']:.3f} | {len(row['skipped_steps'])} | "
+                     f"{comparison.status.get(name, '')} |")
+    lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
+    return "\n".join(lines)
+
+
+def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, report: dict, original: "Diagnosis",
+                 twin: "Diagnosis") -> str:
+    """report.md of the main job: both diagnoses side by side, verdicts, figures and the twin's generations."""
+    lines = [
+        f"# vocab-expand: {model_name} on {corpus_name}", "",
+        f"Mined {len(found)} words; they save {saving['tokens_saved']} of {saving['heldout_tokens']} held-out tokens "
+        f"({saving['percent_saved']:.2f}%). Saved model: `model/` ({report['input_strategy']} input rows, "
+        f"{report['output_strategy']} output rows, tied: {report['tied']}).", "",
+        "Words: " + ", ".join(f"{c.word} ({c.pieces} pieces)" for c in found), "",
+        "## The model and its negative-logit twin", "",
+        "The twin has exactly the same next-token distribution, but every logit is shifted below -20, as in "
+        "GPT-2 small or Gemma-2b. Zero and random rows have logits near 0, so on the twin they take nearly all "
+        "the probability; mean rows stay within log(1 + k/n) on both.", "",
+        "| strategy | model: mean KL | model: moved | model: Δbpc | twin: mean KL | twin: moved | twin: Δbpc | "
+        "twin: new tokens in greedy text |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in original.strategies.items():
+        t = twin.strategies[name]
+        share = sum(g.get("greedy_new_token_share", 0.0) for g in t["generations"]) / max(1, len(t["generations"]))
+        lines.append(f"| {name} | {row['kl']['mean']:.2e} | {100 * row['moved_probability']['mean']:.2f}% "
+                     f"| {row['bpc_change_percent']:+.2f}% | {t['kl']['mean']:.2e} "
+                     f"| {100 * t['moved_probability']['mean']:.2f}% | {t['bpc_change_percent']:+.2f}% | {100 * share:.0f}% |")
+    lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
+              "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
+              "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
+              "![twin bits per character](twin/bits_per_character.png)", "", "## Greedy generations on the twin", ""]
+    first = twin.figures["generations_before"][0]
+    lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
+    lines += [f"- {name}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
+    lines += ["", "Full reports: [original/report.md](original/report.md), [twin/report.md](twin/report.md)."]
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """Growing a model's embedding matrices: the one place that knows about tied weights, heads, biases and padding.
 
-Rules (the invariants in shared/ANCHORS.md):
+Rules (the invariants in docs/ARCHITECTURE.md#invariants-of-a-resize):
 - New token ids are consecutive from len(tokenizer). Rows of a matrix padded beyond the tokenizer
   (Qwen-style spare rows) are reused in order; the matrix only grows when they run out, and never shrinks.
 - Rows of old ids are never written: the old rows are copied once, bit for bit.

@@ -16,13 +16,13 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from tokenizers import AddedToken
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from .families import FORMS_OF, NewEntry, TokenizerFamily, detect_family
 from .errors import InvalidInputError, InvalidTypeError
+from .families import FORMS_OF, NewEntry, TokenizerFamily, detect_family
 
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
@@ -46,7 +46,7 @@ def tokenizer_spec(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The tokenizers-library JSON of a fast tokenizer; a clear error for slow ones."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise UnsupportedTokenizerError(
+        raise InvalidTypeError(
             f"{type(tokenizer).__name__} is a slow (pure Python) tokenizer; vocab-expand needs a fast one. "
             "Load it with AutoTokenizer.from_pretrained(..., use_fast=True) or convert it first."
         )
@@ -160,3 +160,16 @@ def start_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
         if value is not None:
             return int(value)
     raise InvalidInputError("the tokenizer has no BOS, EOS or pad token to start documents with")
+
+
+def documents_up_to(documents: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """The first documents until about ``max_tokens`` tokens are reached (the one that crosses is kept).
+
+    E.g. three documents of 10 tokens each and max_tokens 15 -> the first two."""
+    docs, total = [], 0
+    for doc in documents:
+        docs.append(doc)
+        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if total >= max_tokens:
+            break
+    return docs

@@ -1,24 +1,35 @@
 """The skeleton every initialization strategy shares, and the one registry of strategies by name.
 
 A strategy turns the old rows of one matrix (input embeddings, output head, or head bias) into rows for
-the new tokens. It is pure tensor maths: it never sees a model, a tokenizer or a file, which is why it
+the new tokens. Its rows() is pure tensor maths: it never sees a model, a tokenizer or a file, which is why it
 can be tested by hand and reused by diagnostics without building an expanded model.
 
-Left out: where rows go, tied weights, padding rows (resize.py owns those).
+A data-driven strategy (DataDrivenStrategy: fit, distill, or one of your own) also learns its rows from
+domain text. It declares what it needs (NEEDS: the domain sample, the hidden states of that sample, the
+occurrence windows), its typed options (options_class, a frozen dataclass whose fields carry help text), and
+implements learn(context, start, ...), where rows() gave the starting rows and the fallback for rare words.
+The orchestration (learning/orchestrate.py) builds the context and runs input-side strategies before
+output-side ones; nothing there names a strategy, so a new one is one folder under strategies/.
+
+Left out: where rows go, tied weights, padding rows (resize.py owns those); the shared data (learning/).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .. import stats
 from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ..learning.context import LearnContext
 
 
 @dataclass(frozen=True)
@@ -30,14 +41,14 @@ class RowRequest:
         spare padding rows, untrained in many models) and are the ones statistics are taken over.
     generator: the only source of randomness.
     initializer_range: the model's config.initializer_range (std of its random init).
-    options: strategy options from ExpandConfig (e.g. cov_scale).
+    options: this strategy's typed options (an instance of its options_class), or None if it has none.
     """
 
     pieces: list[list[int]]
     reference_rows: int
     generator: torch.Generator
     initializer_range: float = 0.02
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = None
 
     @property
     def k(self) -> int:
@@ -50,10 +61,11 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     source: ClassVar[str]
-    # Data-driven strategies (fit, distill) refine rows() on domain text; rows() is then their starting point
-    # and the fallback for words seen too rarely. They need a corpus and serve one side only.
+    # Learns from domain text (DataDrivenStrategy sets it); such strategies need a corpus.
     needs_corpus: ClassVar[bool] = False
     sides: ClassVar[tuple[str, ...]] = ("input", "output")
+    # A frozen dataclass of this strategy's options (fields with defaults and metadata help), or None.
+    options_class: ClassVar[type | None] = None
 
     @abstractmethod
     def rows(self, old: Tensor, request: RowRequest) -> Tensor:
@@ -74,6 +86,36 @@ class Strategy(ABC):
         return stats.row_mean(Strategy.reference(old, request)).expand(request.k, -1).clone()
 
 
+# What a data-driven strategy may ask its LearnContext for.
+NEEDS = frozenset({"sample", "states", "windows"})
+
+
+class Learned(NamedTuple):
+    """What learn() returns: rows float32 [k, d], output bias entries [k] (output side with a bias, else None),
+    and a JSON-able report (saved in expansion.json under the strategy's name)."""
+
+    rows: Tensor
+    bias: Tensor | None
+    report: dict[str, Any]
+
+
+class DataDrivenStrategy(Strategy):
+    """A strategy that learns rows from domain text. rows() gives the starting rows and the fallback."""
+
+    needs_corpus = True
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def sample_tail(self, options: Any) -> int:
+        """Tokens kept after a chunk's last weighted position (context the strategy reads past it)."""
+        return 0
+
+    @abstractmethod
+    def learn(self, context: "LearnContext", start: Tensor, start_bias: Tensor | None, options: Any) -> Learned:
+        """Rows for one side, learned from ``context`` (what ``needs`` declares), starting from ``start`` [k, d]
+        (and ``start_bias`` [k] on an output side with a bias). For the output side, context.input_rows holds
+        the final input rows. ``options`` is an instance of options_class (or None)."""
+
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 STRATEGIES: dict[str, type[Strategy]] = {}
 
@@ -87,6 +129,13 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
         raise ValueError(f"a strategy named {name!r} is already registered ({STRATEGIES[name].__name__})")
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"{cls!r} is not a Strategy subclass")
+    if cls.options_class is not None and not dataclasses.is_dataclass(cls.options_class):
+        raise TypeError(f"{cls.__name__}.options_class must be a dataclass, got {cls.options_class!r}")
+    if issubclass(cls, DataDrivenStrategy):
+        if not cls.needs <= NEEDS:
+            raise ValueError(f"{cls.__name__}.needs may name only {sorted(NEEDS)}, got {sorted(cls.needs)}")
+        if len(cls.sides) != 1:
+            raise ValueError(f"a data-driven strategy learns one side's rows; {cls.__name__}.sides is {cls.sides}")
     STRATEGIES[name] = cls
     return cls
 

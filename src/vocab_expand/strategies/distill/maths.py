@@ -7,7 +7,7 @@ at the last piece and the same next tokens, in a few layers (Token Distillation,
 Windows stop at any other new word, so a window holds exactly one. All words train together (Adam); a
 calibration share of the windows picks the epoch with the lowest error.
 
-Left out: sampling the text (sampling.py), writing rows (resize.py).
+Left out: sampling the text and finding the windows (learning/), writing rows (resize.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .forward import embed_with_rows, embedding_scale
+from ...heads import embed_with_rows, embedding_scale
+from ...learning.windows import Window
 
 # Layers matched, as fractions of the depth (1.0: the final normalized state, the head's input).
 LAYER_FRACTIONS = (0.5, 0.75, 1.0)
@@ -30,62 +31,8 @@ BATCH_WINDOWS = 32
 LR_SCALE = 0.1
 
 
-@dataclass
-class Window:
-    """One occurrence. prefix: [start, left context] (no new token, read alike by student and teacher);
-    student: [j, next tokens]; teacher: [pieces of j, next tokens]; matched positions within each tail."""
-
-    word: int
-    prefix: list[int]
-    student: list[int]
-    teacher: list[int]
-    student_positions: list[int]
-    teacher_positions: list[int]
-    calibration: bool
-
-
-def windows_in(chunk: list[int], pieces: list[list[int]], n_old: int, start_id: int, *, context: int,
-               after: int, calibration: bool) -> list[Window]:
-    """Every occurrence of a new token in ``chunk`` as a Window with at most ``context`` tokens before it
-    and ``after`` after it, stopping at other new tokens."""
-    found = []
-    for p, token in enumerate(chunk):
-        if token < n_old:
-            continue
-        left = chunk[max(0, p - context) : p]
-        while any(t >= n_old for t in left):
-            left = left[next(i for i, t in enumerate(left) if t >= n_old) + 1 :]
-        right = []
-        for t in chunk[p + 1 : p + 1 + after]:
-            if t >= n_old:
-                break
-            right.append(t)
-        m = len(pieces[token - n_old])
-        found.append(Window(
-            word=token - n_old,
-            prefix=[start_id, *left],
-            student=[token, *right],
-            teacher=[*pieces[token - n_old], *right],
-            student_positions=list(range(1 + len(right))),
-            teacher_positions=list(range(m - 1, m + len(right))),
-            calibration=calibration,
-        ))
-    return found
-
-
-def select_windows(windows: list[Window], per_word: int) -> list[Window]:
-    """At most ``per_word`` fitting windows per word (a third as many calibration ones), in the order found."""
-    kept, seen = [], {}
-    for w in windows:
-        key = (w.word, w.calibration)
-        if seen.get(key, 0) < (max(1, per_word // 3) if w.calibration else per_word):
-            seen[key] = seen.get(key, 0) + 1
-            kept.append(w)
-    return kept
-
-
-def _padded(seqs: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
-    """ids and mask [B, T], padded on the right (or the left)."""
+def _padded(seqs: list[list[int]], device: torch.device, left: bool = False) -> tuple[Tensor, Tensor]:
+    """ids and mask [B, T] on ``device``, padded on the right (or the left)."""
     width = max(map(len, seqs))
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -93,7 +40,7 @@ def _padded(seqs: list[list[int]], left: bool = False) -> tuple[Tensor, Tensor]:
         span = slice(width - len(s), width) if left else slice(0, len(s))
         ids[i, span] = torch.tensor(s, dtype=torch.long)
         mask[i, span] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)
 
 
 @dataclass
@@ -120,7 +67,7 @@ def _gather(states: list[Tensor], positions: list[list[int]]) -> list[Tensor]:
     """For each layer, the matched states of a batch, concatenated: [M, d]."""
     rows = torch.tensor([i for i, ps in enumerate(positions) for _ in ps])
     cols = torch.tensor([p for ps in positions for p in ps])
-    return [s[rows, cols].to(torch.float32) for s in states]
+    return [s[rows.to(s.device), cols.to(s.device)].to(torch.float32) for s in states]
 
 
 @dataclass
@@ -135,6 +82,7 @@ class Distiller:
 
     def __init__(self, model: nn.Module, windows: list[Window], n_old: int):
         self.model, self.n_old = model, n_old
+        self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         self.batches = []
         for side in (False, True):  # a batch holds one side, so that its error is that side's
@@ -144,14 +92,14 @@ class Distiller:
 
     @torch.no_grad()
     def _batch(self, windows: list[Window], side: bool) -> Batch:
-        ids, mask = _padded([w.prefix for w in windows], left=True)
+        ids, mask = _padded([w.prefix for w in windows], self.device, left=True)
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         return Batch(windows, out.past_key_values, mask, side)
 
     def _tail_states(self, batch: Batch, tails: list[list[int]], rows: Tensor | None) -> list[Tensor]:
-        ids, mask = _padded(tails)
-        positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1])
+        ids, mask = _padded(tails, self.device)
+        positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
         embeds = (self.model.get_input_embeddings()(ids) if rows is None
                   else embed_with_rows(self.model, ids, rows, self.n_old, self.scale))
         full_mask = torch.cat([batch.prefix_mask, mask], 1)

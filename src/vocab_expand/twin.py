@@ -1,4 +1,4 @@
-"""Models for testing expansion: the negative-logit twin of a model.
+"""The negative-logit twin of a model: the same distribution, with every logit strongly negative.
 
 Models such as GPT-2 small and Gemma-2b have logits that are all strongly negative, and that is where zero
 or random rows collapse generation. Their weights can't be fetched offline, so we build the same situation
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .corpus import Corpus
-from .diagnostics import heldout_sample, start_token_id
+from .tokenization import documents_up_to, start_token_id
 from .forward import PassStats, run_pass
 from .resize import embedding_layout, untie
 
@@ -49,7 +49,7 @@ def negative_logit_twin(
     """
     source = corpus.train or corpus.heldout
     spread = source[:: max(1, len(source) // SAMPLE_DOCUMENTS)]
-    docs = heldout_sample(Corpus(corpus.name, [], spread), tokenizer, max_tokens)
+    docs = documents_up_to(spread, tokenizer, max_tokens)
     ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
     # Both with a start token and without one: a first position with no context is often the outlier.
     stats = PassStats.concat([run_pass(model, ids, len(tokenizer), start_token_id(tokenizer)),

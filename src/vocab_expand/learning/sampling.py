@@ -26,7 +26,7 @@ than 100.
 Two streaming passes: the first tokenizes every training document and keeps only chunk lengths and where the
 new tokens are; the second re-tokenizes the chosen documents. No corpus-sized id list is held.
 
-Left out: what is done with the sample (fitting.py, distill.py).
+Left out: what is done with the sample (the data-driven strategies, strategies/fit/ and strategies/distill/).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 # Documents are cut into chunks of at most this many tokens (each scored after the start token).
 CHUNK_TOKENS = 256

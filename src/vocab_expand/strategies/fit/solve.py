@@ -10,7 +10,7 @@ in R (log-sum-exp of affine maps minus an affine map, plus a convex penalty), so
 An output bias is one more coordinate: h gets a constant 1 and r the bias entry. reg -> infinity gives mu,
 the mean row, whose KL is bounded by log(1 + k/n) (Hewitt). reg is chosen on a calibration slice.
 
-Left out: sampling the text (sampling.py), running the model (forward.py), writing rows (resize.py).
+Left out: sampling the text (learning/sampling.py), running the model (forward.py), writing rows (resize.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .forward import capped
-from .errors import InvalidInputError
+from ...errors import InvalidInputError
+from ...heads import capped
 
 # Candidate regularization strengths, strongest first: each solve starts from the previous one's rows.
 REG_PATH = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)

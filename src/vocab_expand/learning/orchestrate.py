@@ -1,0 +1,89 @@
+"""Running the data-driven strategies of an expansion: input side first, then output side on the states the
+new input rows produce, each from the heuristic rows its rows() gave (also the fallback for rare words).
+
+Nothing here names a strategy: each declares its side, needs and options (strategies/base.py). Results are
+cached by strategy, options and sample, so a diagnosis that pairs one input strategy with several output
+strategies learns the input rows once. Every step's report goes to expansion.json under the strategy's name,
+with the sample's facts under "sample".
+
+Left out: the maths of each strategy (strategies/); where rows go (expansion.py, resize.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+from torch import Tensor, nn
+
+from ..config import ExpandConfig
+from ..corpus import Corpus
+from ..planning import TokenPlan
+from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Learned, Strategy, get_strategy
+from .context import LearnContext
+from .sampling import DomainSample
+
+
+class StartRows(NamedTuple):
+    """The heuristic rows the strategies start from: input [k, d]; output [k, d] and bias [k] or None."""
+
+    input: Tensor
+    output: Tensor | None
+    bias: Tensor | None
+
+
+def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: Corpus | Sequence[str],
+               pair: tuple[Strategy, Strategy], start: StartRows, cache: dict,
+               progress: bool) -> tuple[StartRows, dict[str, Any]]:
+    """The rows after every data-driven strategy of ``pair`` (input, output) has learned its side, and the
+    details for the report."""
+    documents = corpus.train if isinstance(corpus, Corpus) else list(corpus)
+    context = LearnContext(model, plan, config, documents, tail=sample_tail(config), cache=cache,
+                           progress=progress, needs=NEEDS)  # the orchestration may read everything
+    inp, out = pair
+    details: dict[str, Any] = {}
+    rows = start
+    if isinstance(inp, DataDrivenStrategy):
+        learned = _learn(inp, context, start.input, None, cache)
+        rows, details[inp.name] = rows._replace(input=learned.rows), learned.report
+    context.input_rows = rows.input
+    if isinstance(out, DataDrivenStrategy) and start.output is not None:
+        learned = _learn(out, context, start.output, start.bias, None)
+        rows, details[out.name] = rows._replace(output=learned.rows, bias=learned.bias), learned.report
+    details = {"sample": sample_facts(context.sample(), context.words), **details}
+    return rows, details
+
+
+def _learn(strategy: DataDrivenStrategy, context: LearnContext, start: Tensor, bias: Tensor | None,
+           cache: dict | None) -> Learned:
+    """strategy.learn on a view of the context; cached in ``cache`` (input side: the result does not depend on
+    the other side) by strategy, options and sample."""
+    options = context.config.options_for(strategy.name)
+    key = ("learned", strategy.name, options, context.sample_key())
+    if cache is not None and key in cache:
+        return cache[key]
+    learned = strategy.learn(context.for_strategy(strategy.needs), start, bias, options)
+    if cache is not None:
+        cache[key] = learned
+    return learned
+
+
+def sample_tail(config: ExpandConfig) -> int:
+    """Tokens kept after each sampled chunk: the most any registered data-driven strategy reads past it. One
+    value for all, so strategies paired differently in one diagnosis share one sample."""
+    tails = [s.sample_tail(config.options_for(name)) for name, cls in STRATEGIES.items()
+             if issubclass(cls, DataDrivenStrategy) and (s := get_strategy(name))]
+    return max(tails, default=0)
+
+
+def sample_facts(sample: DomainSample, words: list[str]) -> dict[str, Any]:
+    """What the sample holds, for the report."""
+    fitting = sample.occurrences(calibration=False)
+    return {
+        "chunks": len(sample.ids),
+        "budget": sample.budget,
+        "positions": sample.positions(),
+        "calibration_chunks": int(sample.calibration.sum()),
+        "training_tokens_scanned": sample.scanned_tokens,
+        "occurrences_in_training_text": dict(zip(words, sample.counts.tolist())),
+        "occurrences_in_fitting_sample": dict(zip(words, fitting.tolist())),
+    }

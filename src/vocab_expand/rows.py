@@ -1,0 +1,130 @@
+"""The rows of the new tokens, before they are written anywhere: which strategies apply (the tie policy), the
+heuristic rows of each side, and the learned ones from the data-driven strategies (learning/orchestrate.py).
+
+Left out: writing rows into the model (surgery.py); the strategies' maths (strategies/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import resize
+from .config import AUTO, ExpandConfig
+from .errors import InvalidInputError
+from .learning.orchestrate import StartRows, learn_rows
+from .planning import TokenPlan
+from .strategies import RowRequest, Strategy, get_strategy
+
+if TYPE_CHECKING:
+    from .corpus import Corpus
+
+
+# Each matrix draws from its own generator, so the output rows do not depend on the input strategy.
+OUTPUT_SEED_OFFSET = 1_000_003
+
+
+def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], config: ExpandConfig,
+                role: str, strategy: str) -> RowRequest:
+    """The RowRequest of ``strategy`` for one matrix ("input" or "output"), with that matrix's own seeded
+    generator and the strategy's typed options."""
+    seed = config.seed + (OUTPUT_SEED_OFFSET if role == "output" else 0)
+    return RowRequest(
+        pieces=pieces,
+        reference_rows=tokens_before,
+        generator=torch.Generator().manual_seed(seed),
+        initializer_range=float(getattr(model.config.get_text_config(), "initializer_range", 0.02)),
+        options=config.options_for(strategy),
+    )
+
+
+def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
+    """A tied model stays tied unless its two strategies differ and tie_policy is "untie", or is "auto" and
+    one of them learns from text (fit or distill rows only make sense on their own side)."""
+    config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
+    if not layout.tied or config.input_init == config.output_init:
+        return layout.tied
+    data_driven = get_strategy(config.input_init).needs_corpus or get_strategy(config.output_init).needs_corpus
+    return not (config.tie_policy == "untie" or (config.tie_policy == "auto" and data_driven))
+
+
+def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
+    """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy."""
+    config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
+    chosen = get_strategy(config.input_init), get_strategy(config.output_init)
+    if tied and chosen[0].name != chosen[1].name:
+        shared = chosen[0] if config.tie_policy == "input" else chosen[1]
+        return shared, shared
+    return chosen
+
+
+def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
+    """The effective (input, output) strategies; a clear error for a strategy on the wrong side, a
+    data-driven one on a shared row, or one without text."""
+    config = config.resolved(corpus is not None)
+    layout = resize.embedding_layout(model)
+    tied = stays_tied(layout, config)
+    pair = effective_strategies(tied, config)
+    for side, strategy in zip(("input", "output"), pair):
+        if side not in strategy.sides and not (tied and side == "output"):
+            other = "INPUT/fit, e.g. subword/fit or distill/fit" if side == "input" else "distill/OUTPUT, e.g. distill/mean"
+            raise InvalidInputError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only; use {other}")
+    if tied and pair[0].needs_corpus:
+        raise InvalidInputError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
+                         "use tie_policy='auto' or 'untie' with different input and output strategies")
+    if corpus is None and any(s.needs_corpus for s in pair):
+        raise InvalidInputError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
+                         "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
+    return pair
+
+
+@dataclass
+class NewRows:
+    """The rows of the new tokens for one model and config: input [k, d]; output [k, d] and bias [k] when the
+    head has its own rows (None when tied or absent); details: what fit/distill did (sample, choices)."""
+
+    input: Tensor
+    output: Tensor | None
+    bias: Tensor | None
+    tied: bool
+    input_strategy: str
+    output_strategy: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def head(self) -> Tensor:
+        """The rows the output head uses: its own, or the shared input rows of a tied model."""
+        return self.input if self.output is None else self.output
+
+
+@torch.no_grad()
+def new_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: "Corpus | Sequence[str] | None" = None,
+             *, cache: dict | None = None, progress: bool = False) -> NewRows:
+    """The new rows apply_plan writes, computed without copying the model. ``cache`` shares the text sample
+    and distilled rows between calls (diagnose compares several strategies on one plan)."""
+    config = config.resolved(corpus is not None)
+    layout = resize.embedding_layout(model)
+    tied = stays_tied(layout, config)
+    inp, out = check_strategies(model, config, corpus)
+    request = row_request(model, plan.tokens_before, plan.pieces, config, "input", inp.name)
+    rows = NewRows(_rows_of(inp, layout.input.weight.data, request), None, None, tied, inp.name, out.name)
+    if not tied and layout.output is not None:
+        request = row_request(model, plan.tokens_before, plan.pieces, config, "output", out.name)
+        rows.output = _rows_of(out, layout.output.weight.data, request)
+        rows.bias = _rows_of(out, layout.output.bias.data, request, is_bias=True) if layout.has_bias else None
+    if (inp.needs_corpus or out.needs_corpus) and plan.pieces:
+        start = StartRows(rows.input, rows.output, rows.bias)
+        learned, rows.details = learn_rows(model, plan, config, corpus, (inp, out), start,
+                                           cache if cache is not None else {}, progress)
+        rows.input, rows.output, rows.bias = learned
+    return rows
+
+
+def _rows_of(strategy: Strategy, old: Tensor, request: RowRequest, is_bias: bool = False) -> Tensor:
+    """The strategy's rows [k, d] (or bias entries [k]); no call at all for k = 0."""
+    if request.k == 0:
+        return torch.zeros((0, *old.shape[1:]), dtype=torch.float32)
+    return strategy.bias(old, request) if is_bias else strategy.rows(old, request)

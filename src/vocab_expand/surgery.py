@@ -1,0 +1,49 @@
+"""Model surgery: grow the model's matrices in place for computed new rows (tied, untied, biased and padded
+layouts), and update its config.
+
+Left out: the tensor-level row plans and copies (resize.py); computing the rows (rows.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import resize
+from .config import ExpandConfig
+from .metrics import hewitt_bound
+from .rows import NewRows
+
+
+@torch.no_grad()
+def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config: ExpandConfig) -> dict[str, Any]:
+    """Grow the model's matrices in place for the new rows; returns the row facts for the report."""
+    layout = resize.embedding_layout(model)
+    k = rows.input.shape[0]
+    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, k, config.pad_to_multiple_of)
+    if layout.tied and not rows.tied:
+        resize.untie(model, layout)
+    old_input = layout.input.weight
+    resize.set_weight(layout.input, resize.fill_new_rows(old_input.data, plan, rows.input), old_input)
+    if rows.tied:
+        layout.output.weight = layout.input.weight
+        layout.output.out_features = plan.new_rows
+    elif layout.output is not None:
+        old_output = layout.output.weight
+        resize.set_weight(layout.output, resize.fill_new_rows(old_output.data, plan, rows.output), old_output)
+        if layout.has_bias:
+            new_bias = resize.fill_new_rows(layout.output.bias.data, plan, rows.bias, is_bias=True)
+            layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
+    resize.set_vocab_size(model, plan.new_rows)
+    return {
+        "rows_before": plan.old_rows,
+        "rows_after": plan.new_rows,
+        "reused_spare_rows": plan.reused_spare_rows,
+        "padding_rows": len(plan.padding_ids),
+        "tied": rows.tied,
+        "input_strategy": rows.input_strategy,
+        "output_strategy": rows.output_strategy,
+        "hewitt_bound_nats": hewitt_bound(k + len(plan.padding_ids), tokens_before),
+    }

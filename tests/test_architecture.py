@@ -1,0 +1,166 @@
+"""The package's shape: no import cycles (lazy imports included), a light `import vocab_expand`, exactly the
+public API exported, and every benchmark script still running at its smallest setting."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vocab_expand"
+NAME = "vocab_expand"
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST):
+    """Every Import/ImportFrom node, at any depth (functions too), except under `if TYPE_CHECKING:`."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the package modules it imports. `from X import name` counts as X.name when that is a module.
+    Parent packages are left out: Python initializes them before any child, so they cannot close a cycle."""
+    modules = {module_name(p, root): p for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        edges = set()
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = name if is_package else name.rpartition(".")[0]
+                for _ in range(max(0, node.level - 1)):
+                    base = base.rpartition(".")[0]
+                source = f"{base}.{node.module}" if node.level and node.module else (base if node.level else node.module)
+                targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
+            edges |= {t for t in targets if t in modules and not name.startswith(t + ".") and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path of module names, or None (depth-first search with colours)."""
+    colour = dict.fromkeys(graph, 0)
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        colour[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if colour[nxt] == 1:
+                return path[path.index(nxt):] + [nxt]
+            if colour[nxt] == 0 and (found := visit(nxt)):
+                return found
+        colour[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if colour[start] == 0 and (found := visit(start)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_hand_made_cycle_and_ignores_type_checking(tmp_path):
+    pkg = tmp_path / NAME
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from .b import g\n")  # lazy import: still an edge
+    (pkg / "b.py").write_text("from . import c\n")
+    (pkg / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n")
+    graph = import_graph(pkg)
+    assert graph[f"{NAME}.a"] == {f"{NAME}.b"} and graph[f"{NAME}.b"] == {f"{NAME}.c"}
+    assert find_cycle(graph) is None
+    (pkg / "c.py").write_text("def h():\n    import vocab_expand.a\n")
+    assert find_cycle(import_graph(pkg)) == [f"{NAME}.a", f"{NAME}.b", f"{NAME}.c", f"{NAME}.a"]
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 30 and f"{NAME}.rows" in graph[f"{NAME}.expansion"]
+    assert find_cycle(graph) is None
+
+
+def _fresh_python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def test_importing_the_package_loads_no_heavy_dependency():
+    """`import vocab_expand` stays light (measured with -X importtime in BENCHMARKS.md); names load on use."""
+    out = _fresh_python("import sys, vocab_expand; print(sorted(m for m in ('torch', 'transformers', 'tokenizers', "
+                        "'numpy', 'matplotlib') if m in sys.modules))")
+    assert out.strip() == "[]"
+
+
+def test_the_public_api_is_exactly_all_and_every_name_resolves():
+    import vocab_expand
+
+    for name in vocab_expand.__all__:
+        assert getattr(vocab_expand, name) is not None, name
+    assert {"expand", "diagnose", "compare", "mine", "load_model", "load_corpus", "negative_logit_twin",
+            "register_strategy", "DataDrivenStrategy", "VocabExpandError"} <= set(vocab_expand.__all__)
+    with pytest.raises(AttributeError):
+        vocab_expand.not_a_name  # noqa: B018
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SMALLEST = {  # each script at its smallest setting, on a tiny model folder and corpus (seconds each)
+    "bench_expand.py": ["--matrices", "tiny", "--ks", "8", "--repeats", "1", "--methods", "ours_mean", "hf_mean"],
+    "bench_diagnose.py": ["--model", "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200"],
+    "bench_fit.py": ["--models", "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200",
+                     "--strategies", "mean,subword/fit", "--set", "fit_max_positions=2000",
+                     "--set", "distill_epochs=1"],
+    "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
+    "bench_tokenize.py": ["--models", "{model}", "--corpus", "{corpus}", "--sizes", "5", "--repeats", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def bench_inputs(tmp_path_factory, tiny_tokenizer):
+    from helpers import TINY_TEXT, make_model
+
+    root = tmp_path_factory.mktemp("bench")
+    make_model("untied", len(tiny_tokenizer)).save_pretrained(root / "model")
+    tiny_tokenizer.save_pretrained(root / "model")
+    lines = [t for t in TINY_TEXT for _ in range(10)] + [
+        f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(60)]
+    (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_every_benchmark_is_covered():
+    assert {p.name for p in BENCHMARKS.glob("bench_*.py")} == set(SMALLEST)
+
+
+@pytest.mark.parametrize("script", sorted(SMALLEST))
+def test_benchmark_runs_at_its_smallest_setting(script, bench_inputs, tmp_path):
+    """A refactor that breaks a benchmark fails here, so BENCHMARKS.md stays reproducible."""
+    args = [a.format(model=bench_inputs / "model", corpus=bench_inputs / "corpus.txt") for a in SMALLEST[script]]
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(out.read_text(encoding="utf-8"))

@@ -1,0 +1,96 @@
+"""The pipeline off the plain float32 CPU path: bf16 and float16 models, a model dispatched by Accelerate over
+the CPU and disk offload (its hooks move tensors between devices as on several GPUs), and, where one is at
+hand, CUDA (`-m gpu`). A CPU-only run never initializes CUDA."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import TINY_TEXT, make_model
+
+import vocab_expand as ve
+from vocab_expand.corpus import Corpus
+
+WORDS = ["Jehoshaphat", "prophets"]
+TRAIN = [t for t in TINY_TEXT for _ in range(6)] + [
+    f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(30)]
+CORPUS = Corpus("tiny", train=TRAIN, heldout=TRAIN[-6:] + TINY_TEXT[:2])
+FAST = dict(fit_max_positions=3000, distill_epochs=2)
+
+
+def bf16_exact(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every weight rounded to bf16 (still float32): bf16 and float32 copies then differ only
+    in how they compute, not in their weights."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    return model
+
+
+def pipeline(model: torch.nn.Module, tokenizer, tmp_path) -> dict:
+    """expand with distill/fit, diagnose (bits per character, generations), compare for 2 steps."""
+    expansion = ve.expand(model, tokenizer, WORDS, corpus=CORPUS, **FAST)
+    assert expansion.model.get_input_embeddings().weight.dtype == model.get_input_embeddings().weight.dtype
+    diagnosis = ve.diagnose(model, tokenizer, WORDS, CORPUS, ["mean", "distill/fit"], progress=False,
+                            max_new_tokens=3, **FAST)
+    runs = ve.compare(model, CORPUS, WORDS, ["mean"], tmp_path / "runs", tokenizer=tokenizer, progress=False,
+                      expand_options=FAST, steps=2, eval_every=1, batch_size=2, seq_len=16, eval_tokens=100,
+                      warmup_steps=1)
+    return {"diagnosis": diagnosis.figures, "compare": runs.evaluations["mean"]}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_give_the_float32_figures(dtype, tiny_tokenizer, tmp_path):
+    reference = bf16_exact(make_model("untied", len(tiny_tokenizer)))
+    half = copy.deepcopy(reference).to(dtype)
+    low = pipeline(half, tiny_tokenizer, tmp_path / "half")
+    high = pipeline(reference, tiny_tokenizer, tmp_path / "float32")
+    # Statistics are reduced in float32; what differs is the model's own arithmetic in half precision.
+    before = (low["diagnosis"]["bpc_before"], high["diagnosis"]["bpc_before"])
+    assert before[0] == pytest.approx(before[1], rel=5e-3)
+    for name in ("mean", "distill/fit"):
+        a, b = low["diagnosis"]["strategies"][name], high["diagnosis"]["strategies"][name]
+        assert a["bpc_after"] == pytest.approx(b["bpc_after"], rel=2e-2), name
+    assert low["compare"][0]["bits_per_character"] == pytest.approx(high["compare"][0]["bits_per_character"],
+                                                                     rel=5e-3)
+
+
+def test_a_model_dispatched_over_cpu_and_disk_gives_the_same_rows(tiny_tokenizer, tmp_path):
+    from accelerate import dispatch_model
+
+    model = make_model("untied", len(tiny_tokenizer))
+    reference = ve.expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **FAST)
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = dispatch_model(copy.deepcopy(model), device_map=device_map, offload_dir=str(tmp_path / "offload"))
+    result = ve.expand(dispatched, tiny_tokenizer, WORDS, corpus=CORPUS, **FAST)
+    n = len(tiny_tokenizer)
+    torch.testing.assert_close(result.model.lm_head.weight[n:], reference.model.lm_head.weight[n:])
+    diagnosis = ve.diagnose(dispatched, tiny_tokenizer, WORDS, CORPUS, ["mean", "distill/fit"], progress=False,
+                            max_new_tokens=3, **FAST)
+    plain = ve.diagnose(model, tiny_tokenizer, WORDS, CORPUS, ["mean", "distill/fit"], progress=False,
+                        generate=False, **FAST)
+    assert diagnosis.figures["bpc_before"] == pytest.approx(plain.figures["bpc_before"], rel=1e-6)
+
+
+def test_a_cpu_run_never_initializes_cuda():
+    code = ("import sys, torch; sys.path.insert(0, 'tests'); from helpers import make_model, train_byte_level_bpe, wrap;"
+            "import vocab_expand as ve; tok = wrap(train_byte_level_bpe());"
+            "r = ve.expand(make_model('tied', len(tok)), tok, ['Jehoshaphat']);"
+            "print(torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_pipeline_on_cuda(dtype, tiny_tokenizer, tmp_path):
+    model = make_model("untied", len(tiny_tokenizer)).to("cuda", dtype)
+    figures = pipeline(model, tiny_tokenizer, tmp_path)
+    cpu = pipeline(make_model("untied", len(tiny_tokenizer)).to(dtype), tiny_tokenizer, tmp_path / "cpu")
+    assert figures["diagnosis"]["bpc_before"] == pytest.approx(cpu["diagnosis"]["bpc_before"], rel=1e-2)
