@@ -83,9 +83,10 @@ class TrainConfig:
             raise InvalidInputError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not self.weight_decay >= 0:
             raise InvalidInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        for name in ("max_grad_norm", "max_time_s"):  # None turns them off; 0 or less would be silently wrong
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise InvalidInputError(f"{name} must be positive or None (off), got {getattr(self, name)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:  # 0 would silently zero every update
+            raise InvalidInputError(f"max_grad_norm must be positive or None (off), got {self.max_grad_norm}")
+        if self.max_time_s is not None and not self.max_time_s >= 0:  # 0: stop after the first step's checkpoint
+            raise InvalidInputError(f"max_time_s must be >= 0 or None (no limit), got {self.max_time_s}")
         if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool) or
                                                   not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
             raise InvalidInputError(f"checkpoint_every must be a positive integer or None (at every evaluation), "
