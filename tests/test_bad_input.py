@@ -8,6 +8,7 @@ takes seconds. Bugs must keep their traceback: only the project's own errors bec
 from __future__ import annotations
 
 import errno
+import re
 import hashlib
 import json
 import os
@@ -385,3 +386,50 @@ def test_corpus_as_a_path_string(model_dir, tmp_path, tiny_tokenizer):
     assert result.report["data_driven"]["sample"]["occurrences_in_training_text"]["Jehoshaphat"] > 100
     with pytest.raises(InvalidTypeError, match="corpus must be a Corpus"):
         ve.mine(tiny_tokenizer, ["a list", "of documents"], progress=False)
+
+
+def test_mine_output_onto_its_own_corpus_is_refused(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("And Jehoshaphat said unto the king\n" * 30, encoding="utf-8")
+    run_refused(["mine", "--model", str(model_dir), "--corpus", str(corpus), "-o", str(corpus), "--force"], capsys,
+                "is the input", corpus, model_dir)
+
+
+# Item 10: fallback words are printed; a run that adds nothing saves nothing unless asked.
+def test_every_word_skipped_saves_nothing_unless_asked(model_dir, existing_output, tmp_path, capsys):
+    args = ["expand", "--model", str(model_dir), "--word", "the", "--word", "a", "-o", str(existing_output), "--force"]
+    run_refused(args, capsys, "every word was skipped", model_dir, existing_output)
+    assert main(args + ["--allow-empty"]) == 0
+    assert (existing_output / "config.json").is_file() and not (existing_output / "keep.txt").exists()
+
+
+def test_fallback_words_are_printed(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join([f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)]
+                                + ["Once only: Nebuchadnezzar."]), encoding="utf-8")
+    assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "Nebuchadnezzar",
+                 "--corpus", str(corpus), "--fit-max-positions", "2048", "--distill-epochs", "1",
+                 "-o", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"fit: 1 words too rare in the text keep their fallback rows: Nebuchadnezzar", printed), printed
+
+
+# Item 9: diagnose names the words that never occur in the held-out split, and still reports.
+def test_diagnose_lists_absent_words(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)),
+                      encoding="utf-8")
+    assert main(["diagnose", "--model", str(model_dir), "--corpus", str(corpus), "--word", "Zerubbabel",
+                 "--strategies", "mean", "--no-generate", "-o", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "1 words never occur in the held-out split: Zerubbabel" in printed and "SAFE" in printed
+
+
+# Item 1: compare --force never deletes a folder that is not a run.
+def test_compare_force_into_a_folder_that_is_not_a_run(model_dir, existing_output, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(300)),
+                      encoding="utf-8")
+    run_refused(["compare", "--model", str(model_dir), "--corpus", str(corpus), "--word", "Jehoshaphat",
+                 "--strategies", "mean", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-tokens", "50",
+                 "-o", str(existing_output), "--force"], capsys, "not a compare run folder", existing_output, model_dir)

@@ -203,9 +203,9 @@ def build_expand(parser: argparse.ArgumentParser):
     return run
 
 
-def local_inputs(model: str) -> list[str]:
-    """The model argument when it names something on disk, which no output may overlap."""
-    return [model] if Path(model).expanduser().exists() else []
+def local_inputs(source: str | None) -> list[str]:
+    """A --model or --corpus argument when it names something on disk, which no output may overlap."""
+    return [source] if source and Path(source).expanduser().exists() else []
 
 
 def print_summary(result) -> None:
@@ -294,7 +294,7 @@ def build_mine(parser: argparse.ArgumentParser):
 
         check_options(args.top, args.min_count, args.min_length, args.pattern, args.forms)  # before any work
         if args.output:
-            check_output_file(args.output, args.force)
+            check_output_file(args.output, args.force, inputs=local_inputs(args.model) + local_inputs(args.corpus))
         tokenizer = tokenizer_only(args.model)
         corpus = load_corpus(args.corpus)
         found = mine(tokenizer, corpus, args.top, min_count=args.min_count, min_length=args.min_length,

@@ -171,9 +171,11 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
 
-def check_output_file(path: str | os.PathLike, force: bool = False) -> Path:
-    """The output file path, after checking it may be written; OutputExistsError if it exists and not force."""
+def check_output_file(path: str | os.PathLike, force: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """The output file path, after checking it may be written; OutputExistsError if it exists and not force,
+    InvalidInputError if it is one of the ``inputs`` (or inside one)."""
     target = Path(path).expanduser()
+    check_no_overlap(target, inputs)
     if target.is_dir():
         raise OutputExistsError(f"{target} is a folder; give a file path")
     if target.exists() and not force:
