@@ -433,3 +433,19 @@ def test_compare_force_into_a_folder_that_is_not_a_run(model_dir, existing_outpu
     run_refused(["compare", "--model", str(model_dir), "--corpus", str(corpus), "--word", "Jehoshaphat",
                  "--strategies", "mean", "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--eval-tokens", "50",
                  "-o", str(existing_output), "--force"], capsys, "not a compare run folder", existing_output, model_dir)
+
+
+def test_twin_takes_a_corpus_path(tmp_path, tiny_tokenizer):
+    import torch
+
+    import vocab_expand as ve
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(50)),
+                      encoding="utf-8")
+    model = make_model("tied", len(tiny_tokenizer), seed=1)
+    with torch.no_grad():  # a shared direction in the final states, as real models have
+        model.model.norm.weight.add_(3.0)
+        model.get_input_embeddings().weight.add_(0.5)
+    twin = ve.negative_logit_twin(model, tiny_tokenizer, str(corpus))
+    assert twin is not model

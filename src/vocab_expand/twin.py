@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from .corpus import Corpus
+from .corpus import Corpus, require_corpus
 from .tokenization import documents_up_to, start_token_id
 from .forward import PassStats, run_pass
 from .resize import embedding_layout, untie
@@ -47,6 +47,7 @@ def negative_logit_twin(
     alpha = SAFETY * max over sampled positions of (max logit + margin) / (h.u). Raises ValueError if some
     hidden state has h.u <= 0 (the shift would then raise its logits, not lower them).
     """
+    corpus = require_corpus(corpus)  # a path or alias such as "kjv" is loaded
     source = corpus.train or corpus.heldout
     spread = source[:: max(1, len(source) // SAMPLE_DOCUMENTS)]
     docs = documents_up_to(spread, tokenizer, max_tokens)
