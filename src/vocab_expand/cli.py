@@ -387,10 +387,12 @@ def build_demo(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
         from .diagnostics import check_max_tokens
+        from .io import check_output_dir
         from .mining import check_options
 
         check_max_tokens(args.max_tokens)
         check_options(args.top, 1, 1, None, DEFAULTS.forms)
+        check_output_dir(args.output, args.force, inputs=local_inputs(args.model) + local_inputs(args.corpus))
         return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens)
 
     return run

@@ -189,6 +189,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     gets the umask's mode, as a plain open() would (mkstemp would make it 0600)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, "x", encoding="utf-8") as handle:
