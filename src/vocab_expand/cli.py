@@ -1,8 +1,12 @@
 """The `vocab-expand` command line. Each subcommand is a parser builder plus a runner; defaults come from
 ExpandConfig and strategy choices from the registry, so neither is defined twice.
 
-Errors that are the user's to fix (bad input, missing packages, existing outputs) print one clear line
-and exit with status 2, without a traceback.
+Errors that are the user's to fix (the VocabExpandError family: bad input, missing packages, existing or
+unwritable outputs, damaged files) print one clear line and exit with status 2, without a traceback; any
+other exception is a bug and keeps its traceback. Each runner checks its options and its output location
+before it loads anything, so a mistake costs seconds, not a run.
+
+Left out: the work itself (every runner calls the library); parsing words files is here (parse_words).
 """
 
 from __future__ import annotations
