@@ -247,6 +247,8 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
     (["expand", "--fit-max-positions", "100"], "fit_max_positions must be an integer >= 1024"),
     (["expand", "--distill-epochs", "-1"], "distill_epochs must be an integer >= 0"),
     (["expand", "--pad-to-multiple-of", "0"], "pad_to_multiple_of must be positive"),
+    (["expand", "--fit-reg", "-1"], "fit_reg must be >= 0"),
+    (["expand", "--cov-scale", "-1"], "cov_scale must be >= 0"),
     (["compare", "--checkpoint-every", "0"], "checkpoint_every must be a positive integer"),
     (["compare", "--warmup-steps", "-5"], "warmup_steps must be an integer >= 0"),
     (["compare", "--steps", "0"], "steps must be a positive integer"),

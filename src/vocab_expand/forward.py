@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .errors import InvalidInputError, InvalidTypeError
 from .heads import embed_with_rows
 from .resize import embedding_layout
 
@@ -88,7 +89,7 @@ def run_pass(
         sequences = [s[1:] for s in sequences]
     layout = embedding_layout(model)
     if layout.output is None:
-        raise TypeError("the model has no output head to diagnose")
+        raise InvalidTypeError("the model has no output head to diagnose")
     max_tokens = max(256, LOGIT_BUDGET // layout.output.weight.shape[0])
     captured: list[Tensor] = []
     hook = layout.output.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
@@ -101,7 +102,7 @@ def run_pass(
     finally:
         hook.remove()
     if not parts:
-        raise ValueError("nothing to score: every sequence is empty")
+        raise InvalidInputError("nothing to score: every sequence is empty")
     return PassStats.concat(parts)
 
 

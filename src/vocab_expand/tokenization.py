@@ -125,7 +125,7 @@ def with_added_tokens(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry
     tokens = [AddedToken(e.token, special=special, **flags) for e in entries]
     added = new.add_tokens(tokens, special_tokens=special)
     if added != len(entries):
-        raise ValueError(f"the tokenizer added {added} of {len(entries)} tokens; some already exist")
+        raise InvalidInputError(f"the tokenizer added {added} of {len(entries)} tokens; some already exist")
     return new
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .corpus import Corpus, require_corpus
+from .errors import InvalidInputError
 from .tokenization import documents_up_to, start_token_id
 from .forward import PassStats, run_pass
 from .resize import embedding_layout, untie
@@ -58,7 +59,7 @@ def negative_logit_twin(
     u = maxmin_direction(stats.hidden)
     projection = stats.hidden @ u
     if projection.min() <= 0:
-        raise ValueError("no direction has a positive projection on every sampled hidden state, so no shift of "
+        raise InvalidInputError("no direction has a positive projection on every sampled hidden state, so no shift of "
                          "this kind lowers every logit of this model")
     alpha = SAFETY * ((stats.max_logit + margin) / projection).max().clamp_min(0).item()
     twin = copy.deepcopy(model)

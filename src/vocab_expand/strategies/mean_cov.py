@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from ..errors import InvalidInputError
 from ..options import opt
 
 from .. import stats
@@ -25,7 +26,7 @@ class MeanCovOptions:
 
     def __post_init__(self) -> None:
         if not self.scale >= 0:
-            raise ValueError(f"cov_scale must be >= 0, got {self.scale}")
+            raise InvalidInputError(f"cov_scale must be >= 0, got {self.scale}")
 
 
 @register_strategy

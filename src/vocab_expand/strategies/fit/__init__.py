@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ...errors import InvalidInputError
 from ...options import opt
 from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 
@@ -36,7 +37,7 @@ class FitOptions:
 
     def __post_init__(self) -> None:
         if self.reg is not None and not self.reg >= 0:
-            raise ValueError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.reg}")
+            raise InvalidInputError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.reg}")
 
 
 @register_strategy
