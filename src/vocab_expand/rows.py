@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import resize
 from .config import AUTO, ExpandConfig
+from .errors import InvalidInputError
 from .learning.orchestrate import StartRows, learn_rows
 from .planning import TokenPlan
 from .strategies import RowRequest, Strategy, get_strategy
@@ -74,6 +75,9 @@ def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = No
     if tied and pair[0].needs_corpus:
         raise ValueError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
                          "use tie_policy='auto' or 'untie' with different input and output strategies")
+    if config.reuse_reserved and any(s.needs_corpus for s in pair):
+        raise InvalidInputError("reuse_reserved works with strategies that need no text (e.g. subword/mean): "
+                                "fit and distill assume new ids after the old ones; leave reuse_reserved off")
     if corpus is None and any(s.needs_corpus for s in pair):
         raise ValueError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
                          "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
