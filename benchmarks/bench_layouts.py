@@ -6,12 +6,14 @@ Layouts: the tiny locally built ones from tests/helpers.py and the real Llama 3 
 (quicktok-v1's ranks). Words: the 100 KJV words that save the most tokens on each tokenizer (mid form).
 Run it against any checkout's code to compare (main before the fix, this branch after):
 
-    PYTHONPATH=src python benchmarks/bench_layouts.py
-    PYTHONPATH=/path/to/other/checkout/src python benchmarks/bench_layouts.py
+    PYTHONPATH=src python benchmarks/bench_layouts.py --out benchmarks/results/layouts.json
+    PYTHONPATH=/path/to/other/checkout/src python benchmarks/bench_layouts.py --keep-going
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 import sys
 import tempfile
@@ -24,14 +26,13 @@ from transformers import AutoTokenizer  # noqa: E402
 from vocab_expand import Corpus, load_corpus, mine  # noqa: E402
 from vocab_expand.expansion import make_config, plan_tokens  # noqa: E402
 
-LAYOUTS = {"llama3 (tiny)": helpers.llama3_style, "qwen2 (tiny)": helpers.qwen_style,
-           "llama2 (tiny)": helpers.llama2_style, "unigram (tiny)": helpers.unigram_style,
-           "llama3 (real vocab)": helpers.real_llama3, "qwen2 (real vocab)": helpers.real_qwen2}
-VERSES = 5000
+LAYOUTS = {"llama3_tiny": helpers.llama3_style, "qwen2_tiny": helpers.qwen_style,
+           "llama2_tiny": helpers.llama2_style, "unigram_tiny": helpers.unigram_style,
+           "llama3_real": helpers.real_llama3, "qwen2_real": helpers.real_qwen2}
 
 
-def measure(tokenizer, verses: list[str]) -> dict[str, object]:
-    words = [c.word for c in mine(tokenizer, Corpus("kjv-sample", verses, []), top_k=100, progress=False)]
+def measure(tokenizer, verses: list[str], top_k: int) -> dict[str, object]:
+    words = [c.word for c in mine(tokenizer, Corpus("sample", verses, []), top_k=top_k, min_count=2, progress=False)]
     plan = plan_tokens(tokenizer, words, make_config())
     with tempfile.TemporaryDirectory() as tmp:
         plan.tokenizer.save_pretrained(tmp)
@@ -50,17 +51,32 @@ def measure(tokenizer, verses: list[str]) -> dict[str, object]:
 
 
 def main() -> None:
-    verses = list(load_corpus("kjv").train[:VERSES])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
+    parser.add_argument("--verses", type=int, default=5000, help="documents of the train split used")
+    parser.add_argument("--words", type=int, default=100, help="mined words per tokenizer")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated, from: " + ", ".join(LAYOUTS))
+    parser.add_argument("--keep-going", action="store_true", help="record a layout's error and go on (to run the "
+                        "code before the fix, which crashes on some layouts)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    verses = list(load_corpus(args.corpus).train[: args.verses])
+    results = {}
     print("| layout | words | new tokens | words skipped | added tokens moved | new ids decoding as a special "
           "| verses with a new word | ... using its new token |")
     print("|---|---|---|---|---|---|---|---|")
-    for name, build in LAYOUTS.items():
+    for name in args.layouts.split(","):
         try:
-            r = measure(build(), verses)
+            r = results[name] = measure(LAYOUTS[name](), verses, args.words)
             print(f"| {name} | {r['words']} | {r['tokens']} | {r['skipped']} | {r['moved']} | {r['as_special']} "
                   f"| {r['verses']} | {r['used']} |")
-        except Exception as error:  # the code before the fix crashes on some layouts: that is a result too
+        except Exception as error:
+            if not args.keep_going:
+                raise
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
             print(f"| {name} | error: {type(error).__name__}: {str(error)[:80]} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

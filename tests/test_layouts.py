@@ -136,6 +136,14 @@ def test_unigram_vocab_and_added_modes(tmp_path):
     assert loaded.convert_tokens_to_ids("<extra_id_0>") == tok.convert_tokens_to_ids("<extra_id_0>")
 
 
+def test_unigram_longer_word_beats_a_shorter_new_word_plus_its_rest():
+    """With a flat margin "▁offering" + "s" would tie "▁offerings"; the margin grows with the length."""
+    plan = plan_tokens(unigram_style(), ["offering", "offerings"], make_config())
+    assert plan.skipped == [] and len(plan.entries) == 2
+    ids = plan.tokenizer("the offerings and the offering", add_special_tokens=False)["input_ids"]
+    assert [i for i in ids if i in plan.new_token_ids] == [plan.new_token_ids[1], plan.new_token_ids[0]]
+
+
 def test_unigram_refuses_words_with_unknown_characters():
     plan = plan_tokens(unigram_style(), ["Zürich"], make_config())
     assert plan.entries == [] and "lacks" in plan.skipped[0].reason

@@ -2,7 +2,8 @@
 
 A Unigram model segments each pre-token by Viterbi over its pieces' scores (log-probabilities), and a new piece
 is a candidate wherever its string occurs, inside longer words too. Its score is therefore the score of the
-word's best old segmentation plus a tiny margin (MARGIN):
+word's best old segmentation plus a tiny margin (MARGIN per character, so that a longer new word beats a
+shorter one plus its rest, "▁offering" + "s" against "▁offerings", which would otherwise tie):
 - where the original best path has boundaries at both ends of an occurrence, swapping the word's pieces for
   the new piece gains the margin, so the new best path is the old one with that swap (a coarsening);
 - where it has no boundary there, the best path through the new piece scores at most the best old path with
@@ -28,9 +29,9 @@ from typing import Any
 from .base import NewEntry, register_family, walk
 from .sentencepiece import MARK, SentencePieceBPE, _split
 
-# How much a new piece beats its word's best old segmentation: far above float64 rounding of a sum of scores
-# (about 1e-13 here), far below the gaps between distinct paths' scores.
-MARGIN = 1e-6
+# How much a new piece beats its word's best old segmentation, per character: far above float64 rounding of a
+# sum of scores (about 1e-13 here), far below the gaps between distinct paths' scores.
+MARGIN = 1e-7
 # Below every real piece, so that a pinned added token is never on a best path (it is matched before the model
 # runs anyway); an unknown character costs min_score - 10 in SentencePiece, far above this.
 PINNED_PENALTY = 1000.0
@@ -60,10 +61,10 @@ class SentencePieceUnigram(SentencePieceBPE):
         return entry
 
     def entry_score(self, entry: NewEntry) -> float:
-        """The score of the word's best old segmentation plus MARGIN: the new piece wins exactly where the old
-        best path already had boundaries at both of its ends."""
+        """The score of the word's best old segmentation plus MARGIN per character: the new piece wins exactly
+        where the old best path already had boundaries at both of its ends."""
         scores = self.scores()
-        return sum(scores[i] for i in entry.pieces) + MARGIN
+        return sum(scores[i] for i in entry.pieces) + MARGIN * len(entry.token)
 
     def pinned_score(self) -> float:
         return min(self.scores(), default=0.0) - PINNED_PENALTY
