@@ -179,3 +179,16 @@ def test_real_llama3_reserved_tokens_reused_and_specials_kept(tmp_path):
         assert loaded.convert_tokens_to_ids(name) == tok.convert_tokens_to_ids(name)
     ids = loaded("And Jehoshaphat said")["input_ids"]
     assert ids[0] == 128000 and 128002 in ids and loaded.decode(ids[1:]) == "And Jehoshaphat said"
+
+
+def test_unigram_without_metaspace_is_refused_clearly_and_added_mode_works():
+    from tokenizers import pre_tokenizers
+
+    from vocab_expand.errors import UnsupportedTokenizerError
+
+    backend = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", -2.0), ("ab", -2.5)], unk_id=0))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    with pytest.raises(UnsupportedTokenizerError, match="sentencepiece_unigram.*kind='added'"):
+        plan_tokens(tok, ["abba"], make_config())
+    assert plan_tokens(tok, ["<x>"], make_config(kind="added")).new_token_ids == [4]
