@@ -167,13 +167,16 @@ def unproduced(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry], ids:
     A family's entry can be unreachable for reasons it cannot see alone (guards that refuse a word next to a
     vocabulary token crossing "▁", a layout it reads wrongly); such an entry would waste a row and be used
     nowhere. Example: "▁▁Jehoshaphat" in a Llama 2 layout is never produced by "They saw Jehoshaphat there.".
+    All sentences go to the tokenizer as one batch (the Rust backend), so 10,000 words cost about a second.
     """
+    sentences = [[p.format(e.word) for p in PROBES.get(e.form, PROBES["mid"])] for e in entries]
+    encoded = iter(tokenizer([t for group in sentences for t in group], add_special_tokens=False)["input_ids"])
     missing = []
-    for entry, token_id in zip(entries, ids):
-        sentences = [p.format(entry.word) for p in PROBES.get(entry.form, PROBES["mid"])]
-        if not any(token_id in tokenizer(t, add_special_tokens=False)["input_ids"] for t in sentences):
+    for entry, token_id, group in zip(entries, ids, sentences):
+        found = [token_id in next(encoded) for _ in group]
+        if not any(found):
             missing.append(Skipped(entry.word, f"{entry.form} form: the extended tokenizer never produces "
-                                   f"{entry.token!r} in sentences such as {sentences[0]!r}", entry.form))
+                                   f"{entry.token!r} in sentences such as {group[0]!r}", entry.form))
     return missing
 
 

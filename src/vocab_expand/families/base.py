@@ -71,8 +71,11 @@ class TokenizerFamily(ABC):
         are removed and the entry takes their id. Every other added token keeps its id.
         """
         spec = copy.deepcopy(self.spec)
-        reused = {token_id for _, token_id in entries}
-        spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] not in reused]
+        taken = {token_id for _, token_id in entries}
+        spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] not in taken]
+        vocab = spec["model"]["vocab"]
+        if isinstance(vocab, dict):  # a reused token that was also a vocabulary entry gives its id up (one pass)
+            spec["model"]["vocab"] = {t: i for t, i in vocab.items() if i not in taken}
         pin_added_tokens(spec, self.pinned_score())
         for entry, token_id in entries:
             set_vocab_entry(spec, entry.token, token_id, self.entry_score(entry))
@@ -146,9 +149,9 @@ def vocab_ids(spec: dict[str, Any]) -> dict[str, int]:
 
 
 def set_vocab_entry(spec: dict[str, Any], token: str, token_id: int, score: float | None) -> None:
-    """Put ``token`` at ``token_id`` in the model's vocabulary, replacing whatever held that id.
-
-    A Unigram vocabulary is a list whose index is the id, so an id may only replace an entry or append one.
+    """Put ``token`` at ``token_id`` in the model's vocabulary (in place). A dict vocabulary must not hold
+    ``token_id`` already (the caller frees reused ids first, in one pass). A Unigram vocabulary is a list whose
+    index is the id, so an id may only replace a piece or append one.
     """
     vocab = spec["model"]["vocab"]
     if isinstance(vocab, list):
@@ -158,8 +161,6 @@ def set_vocab_entry(spec: dict[str, Any], token: str, token_id: int, score: floa
         pair = [token, 0.0 if score is None else score]
         vocab[token_id:token_id + 1] = [pair]
         return
-    for old in [t for t, i in vocab.items() if i == token_id]:
-        del vocab[old]
     vocab[token] = token_id
 
 
