@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -50,12 +51,23 @@ def measure(tokenizer, verses: list[str], top_k: int) -> dict[str, object]:
             "as_special": as_special, "verses": len(with_word), "used": used}
 
 
+def plan_seconds(tokenizer, n: int) -> float:
+    """Seconds plan_tokens takes for n synthetic words that no vocabulary holds whole."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = [f"Zq{letters[i % 26]}{letters[i // 26 % 26]}{letters[i // 676 % 26]}x" for i in range(n)]
+    start = time.perf_counter()
+    plan_tokens(tokenizer, words, make_config())
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--verses", type=int, default=5000, help="documents of the train split used")
     parser.add_argument("--words", type=int, default=100, help="mined words per tokenizer")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated, from: " + ", ".join(LAYOUTS))
+    parser.add_argument("--plan-words", type=int, default=0, help="also time plan_tokens with this many synthetic "
+                        "words (Zqabcx, ...) per layout")
     parser.add_argument("--keep-going", action="store_true", help="record a layout's error and go on (to run the "
                         "code before the fix, which crashes on some layouts)")
     parser.add_argument("--out", type=Path)
@@ -67,7 +79,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.layouts.split(","):
         try:
-            r = results[name] = measure(LAYOUTS[name](), verses, args.words)
+            tokenizer = LAYOUTS[name]()
+            r = results[name] = measure(tokenizer, verses, args.words)
+            if args.plan_words:
+                r["plan_seconds"] = plan_seconds(tokenizer, args.plan_words)
+                print(f"planning {args.plan_words} words on {name}: {r['plan_seconds']:.2f} s")
             print(f"| {name} | {r['words']} | {r['tokens']} | {r['skipped']} | {r['moved']} | {r['as_special']} "
                   f"| {r['verses']} | {r['used']} |")
         except Exception as error:
