@@ -8,7 +8,10 @@ saved as the generic `PreTrainedTokenizerFast`, which loads tokenizer.json as it
 Llama, Qwen 2, Gemma and GPT-2 classes add no public method to it; their class defaults (padding side) are
 written into the saved config. T5's `get_sentinel_tokens` helpers are the one loss (tested).
 
-Left out: embeddings (resize.py).
+Also here: the check that every new entry is produced by ordinary sentences (PROBES), and finding the unused
+reserved tokens that reuse_reserved turns into new words.
+
+Left out: embeddings (resize.py); assigning ids (planning.py).
 """
 
 from __future__ import annotations
