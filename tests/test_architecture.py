@@ -134,6 +134,7 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
                      "--strategies", "mean,subword/fit", "--set", "fit_max_positions=2000",
                      "--set", "distill_epochs=1"],
     "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
+    "bench_layouts.py": ["--corpus", "{corpus}", "--verses", "60", "--words", "3", "--layouts", "llama3_tiny,unigram_tiny"],
     "bench_tokenize.py": ["--models", "{model}", "--corpus", "{corpus}", "--sizes", "5", "--repeats", "1"],
 }
 

@@ -109,6 +109,10 @@ class ExpandConfig:
     # "vocab": real vocabulary entries, spaces kept. "added": tokenizer added tokens (control strings).
     kind: TokenKind = opt("vocab", "vocab: real vocabulary entries (words); added: added tokens (control "
                                    "strings)", choices=TOKEN_KINDS)
+    # Vocab mode: turn unused reserved tokens (Llama 3's <|reserved_special_token_N|>) into the new words in
+    # place. Off by default: it rewrites rows the model already has, which users should choose knowingly.
+    reuse_reserved: bool = opt(False, "vocab mode: turn unused reserved tokens (<|reserved_special_token_N|>) "
+                                      "into the new words in place, without growing the matrices")
     # Added-token mode only: never special by default, since servers skip special tokens when decoding.
     special: bool = opt(False, "added-token mode: special")
     # Added-token mode only, the flags tokenizers know. Control strings match the raw text exactly by default.

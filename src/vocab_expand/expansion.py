@@ -81,12 +81,13 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
     config = config.resolved(corpus is not None)
     rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
     new_model = model if config.inplace else copy.deepcopy(model)
-    facts = grow_embeddings(new_model, plan.tokens_before, rows, config)
+    reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
+    facts = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
     report = {
         "family": plan.family,
         "words_given": plan.words_given,
         "tokens_added": len(plan.entries),
-        "words_skipped": len(plan.skipped),
+        "words_skipped": sum(1 for s in plan.skipped if not s.form),
         "skipped": [s._asdict() for s in plan.skipped],
         "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
                         "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],

@@ -3,7 +3,8 @@
 Rules (the invariants in docs/ARCHITECTURE.md#invariants-of-a-resize):
 - New token ids are consecutive from len(tokenizer). Rows of a matrix padded beyond the tokenizer
   (Qwen-style spare rows) are reused in order; the matrix only grows when they run out, and never shrinks.
-- Rows of old ids are never written: the old rows are copied once, bit for bit.
+- Rows of old ids are never written: the old rows are copied once, bit for bit. The one exception is asked
+  for by name: reserved tokens reused as new words (reuse_reserved) get the new words' rows.
 - Rows added only to reach pad_to_multiple_of get the mean row in both matrices, so padding cannot take
   probability on the output side.
 - A tied model stays tied (one Parameter); an untied head, and its bias, are grown on their own.
@@ -15,6 +16,7 @@ Left out: the choice of rows (strategies/) and the tokenizer (tokenization.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +118,14 @@ def fill_new_rows(old: Tensor, plan: RowPlan, rows: Tensor, *, is_bias: bool = F
         mean = reference.to(torch.float32).mean() if is_bias else stats.row_mean(reference)
         out[pad.start : pad.stop] = mean.to(out.dtype)
     return out
+
+
+def overwrite_rows(weight: Tensor, ids: Sequence[int], rows: Tensor) -> Tensor:
+    """``weight`` with the rows (or bias entries) of ``ids`` replaced by ``rows``, in place; for reserved tokens
+    reused as new words, whose old rows were placeholders."""
+    if len(ids):
+        weight[torch.tensor(list(ids), dtype=torch.long, device=weight.device)] = rows.to(weight.dtype)
+    return weight
 
 
 def set_weight(module: nn.Module, weight: Tensor, like: nn.Parameter) -> nn.Parameter:

@@ -75,6 +75,9 @@ def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = No
     if tied and pair[0].needs_corpus:
         raise InvalidInputError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
                          "use tie_policy='auto' or 'untie' with different input and output strategies")
+    if config.reuse_reserved and any(s.needs_corpus for s in pair):
+        raise InvalidInputError("reuse_reserved works with strategies that need no text (e.g. subword/mean): "
+                                "fit and distill assume new ids after the old ones; leave reuse_reserved off")
     if corpus is None and any(s.needs_corpus for s in pair):
         raise InvalidInputError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
                          "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")

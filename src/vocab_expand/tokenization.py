@@ -4,15 +4,21 @@ Turns user words into new vocabulary entries through the tokenizer's family (fam
 and builds a new transformers tokenizer whose saved form reloads identically with plain
 `AutoTokenizer.from_pretrained`. Model-specific tokenizer classes in transformers v5 rebuild their
 backend from vocab and merges and would drop our entries' reachability (`ignore_merges`), so the result is
-saved as the generic `PreTrainedTokenizerFast`, which loads tokenizer.json as it is.
+saved as the generic `PreTrainedTokenizerFast`, which loads tokenizer.json as it is. In transformers 5 the
+Llama, Qwen 2, Gemma and GPT-2 classes add no public method to it; their class defaults (padding side) are
+written into the saved config. T5's `get_sentinel_tokens` helpers are the one loss (tested).
 
-Left out: embeddings (resize.py).
+Also here: the check that every new entry is produced by ordinary sentences (PROBES), and finding the unused
+reserved tokens that reuse_reserved turns into new words.
+
+Left out: embeddings (resize.py); assigning ids (planning.py).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +29,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from .errors import InvalidInputError, InvalidTypeError
 from .families import FORMS_OF, NewEntry, TokenizerFamily, detect_family
+from .families.base import vocab_ids
 
 GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 class Skipped(NamedTuple):
-    """A word that was not added, and why."""
+    """A word, or one form of it ("initial"), that was not added, and why. form "" means the whole word."""
 
     word: str
     reason: str
+    form: str = ""
 
 
 @dataclass
@@ -67,10 +75,15 @@ def check_words(words: Iterable[object]) -> list[str]:
 
 
 def plan_words(family: TokenizerFamily, words: list[str], forms: str) -> WordPlan:
-    """Entries for every (word, form) that can become one new token; reasons for the rest."""
+    """Entries for every (word, form) that can become one new token; reasons for the rest.
+
+    A word none of whose forms can be added is skipped as a whole (form ""). A word added in some forms but
+    refused in another (a sentence-initial form that splits into several pre-tokens) is reported for that form.
+    A form that is already one token, or that is the same token as the word's other form, is not a loss.
+    """
     plan = WordPlan()
     seen_words: set[str] = set()
-    seen_tokens: set[str] = set()
+    seen_tokens: dict[str, str] = {}
     for word in words:
         if not word.strip():
             plan.skipped.append(Skipped(word, "empty or whitespace-only word"))
@@ -79,21 +92,29 @@ def plan_words(family: TokenizerFamily, words: list[str], forms: str) -> WordPla
             plan.skipped.append(Skipped(word, "duplicate of an earlier word"))
             continue
         seen_words.add(word)
-        reasons = []
+        refused: list[tuple[str, str]] = []
         added = 0
         for form in FORMS_OF[forms]:
             entry = family.entry_for(word, form)
             if isinstance(entry, str):
-                reasons.append(f"{form} form: {entry}")
+                refused.append((form, entry))
             elif entry.token in seen_tokens:
-                reasons.append(f"{form} form: same token as an earlier word")
+                same = seen_tokens[entry.token] == word
+                refused.append((form, "same token as its other form" if same else "same token as an earlier word"))
             else:
-                seen_tokens.add(entry.token)
+                seen_tokens[entry.token] = word
                 plan.entries.append(entry)
                 added += 1
         if not added:
-            plan.skipped.append(Skipped(word, "; ".join(reasons)))
+            plan.skipped.append(Skipped(word, "; ".join(f"{form} form: {why}" for form, why in refused)))
+        else:
+            plan.skipped.extend(Skipped(word, f"{form} form: {why}", form) for form, why in refused if not _harmless(why))
     return plan
+
+
+def _harmless(reason: str) -> bool:
+    """A refused form that still ends up one token in text (so nothing is lost for it)."""
+    return reason in ("already a single token", "same token as its other form") or "initial form is the mid" in reason
 
 
 def plan_added_tokens(tokenizer: PreTrainedTokenizerBase, words: list[str]) -> WordPlan:
@@ -131,8 +152,51 @@ def with_added_tokens(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry
 
 def next_free_id(spec: dict[str, Any]) -> int:
     """The first id above every vocabulary entry and added token (new ids are consecutive from here)."""
-    ids = list(spec["model"]["vocab"].values()) + [t["id"] for t in spec.get("added_tokens", [])]
+    ids = list(vocab_ids(spec).values()) + [t["id"] for t in spec.get("added_tokens", [])]
     return max(ids) + 1 if ids else 0
+
+
+# Sentences each form of a word must be tokenized in, as the new token, for the entry to count as added: the
+# mid form inside a sentence, the initial form at a document's start and after a line break.
+# Punctuation after the word as well: a tokenizer with tokens crossing "▁" may refuse the word before a space.
+PROBES = {"mid": ("They saw {} there.", "and {}, then", "to {}."),
+          "initial": ("{} is here.", "Look:\n{} is here.", "{}, then", "Look:\n{}.")}
+# Llama 3's "<|reserved_special_token_7|>" and similar names of placeholder tokens.
+RESERVED = re.compile(r"<\|?[a-z_]*reserved[a-z_]*?_?\d+\|?>", re.IGNORECASE)
+
+
+def unproduced(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry], ids: list[int]) -> list[Skipped]:
+    """The entries whose id the extended tokenizer never produces in their form's PROBES, with the reason.
+
+    A family's entry can be unreachable for reasons it cannot see alone (guards that refuse a word next to a
+    vocabulary token crossing "▁", a layout it reads wrongly); such an entry would waste a row and be used
+    nowhere. Example: "▁▁Jehoshaphat" in a Llama 2 layout is never produced by "They saw Jehoshaphat there.".
+    All sentences go to the tokenizer as one batch (the Rust backend), so 10,000 words cost about a second.
+    """
+    sentences = [[p.format(e.word) for p in PROBES.get(e.form, PROBES["mid"])] for e in entries]
+    encoded = iter(tokenizer([t for group in sentences for t in group], add_special_tokens=False)["input_ids"])
+    missing = []
+    for entry, token_id, group in zip(entries, ids, sentences):
+        found = [token_id in next(encoded) for _ in group]
+        if not any(found):
+            missing.append(Skipped(entry.word, f"{entry.form} form: the extended tokenizer never produces "
+                                   f"{entry.token!r} in sentences such as {group[0]!r}", entry.form))
+    return missing
+
+
+def reusable_reserved_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of reserved placeholder tokens ("<|reserved_special_token_N|>") that nothing refers to, ascending.
+
+    A reserved token named in the chat template or the special-token map is in use and kept.
+    """
+    templates = tokenizer.chat_template or ""
+    used_text = json.dumps(templates) if not isinstance(templates, str) else templates
+    named = {str(v) for v in tokenizer.special_tokens_map.values() if isinstance(v, str)}
+    found = []
+    for token_id, token in tokenizer.added_tokens_decoder.items():
+        if RESERVED.fullmatch(token.content) and token.content not in named and token.content not in used_text:
+            found.append(token_id)
+    return sorted(found)
 
 
 def tokenizer_from_spec(tokenizer: PreTrainedTokenizerBase, spec: dict[str, Any]) -> PreTrainedTokenizerBase:
@@ -146,8 +210,24 @@ def tokenizer_from_spec(tokenizer: PreTrainedTokenizerBase, spec: dict[str, Any]
         config_path = Path(tmp, "tokenizer_config.json")
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = GENERIC_TOKENIZER_CLASS
+        # Class-level defaults of the original class are not saved (Llama and Gemma pad on the left, the generic
+        # class on the right): written out, they survive the change of class.
+        config["padding_side"], config["truncation_side"] = tokenizer.padding_side, tokenizer.truncation_side
+        _forget_replaced_tokens(config, spec)
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
         return AutoTokenizer.from_pretrained(tmp)
+
+
+def _forget_replaced_tokens(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Drop added tokens that ``spec`` no longer has (reused reserved ones) from a tokenizer_config, in place:
+    transformers would otherwise add them back on load, under new ids."""
+    kept = {t["content"] for t in spec.get("added_tokens", [])} | set(vocab_ids(spec))
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
+        config["added_tokens_decoder"] = {i: t for i, t in decoder.items() if t.get("content") in kept}
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        if isinstance(config.get(key), list):
+            config[key] = [t for t in config[key] if (t.get("content") if isinstance(t, dict) else t) in kept]
 
 
 def family_of(tokenizer: PreTrainedTokenizerBase) -> TokenizerFamily:

@@ -1,6 +1,6 @@
 """Tokenizer families that can take new whole-word vocabulary entries. Importing registers them."""
 
-from . import byte_level, sentencepiece  # noqa: F401  (registers the families)
+from . import byte_level, sentencepiece, unigram  # noqa: F401  (registers the families)
 from .base import (
     FORMS_OF,
     NewEntry,

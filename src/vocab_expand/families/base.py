@@ -4,11 +4,18 @@ A family knows how a word appears in its tokenizer's vocabulary (its whole-word 
 to make a new vocabulary entry reachable without changing how any other text tokenizes. It works on the
 tokenizers-library JSON ("spec") and a `tokenizers.Tokenizer` built from it; it never touches models.
 
+Every family extends a spec the same way (`TokenizerFamily.extend`): added tokens that live outside the
+model's vocabulary (Llama 3's and Qwen's specials) are first pinned into it at their own ids, because the
+tokenizers library renumbers such tokens from the vocabulary's size when it loads a tokenizer.json, and new
+entries would otherwise shift every one of them. Ids given to new entries that belong to added tokens (reused
+reserved tokens) replace those tokens.
+
 Left out: embeddings (resize.py) and building the transformers tokenizer object (tokenization.py).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -46,7 +53,7 @@ class TokenizerFamily(ABC):
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.backend = Tokenizer.from_str(json.dumps(spec))
-        self.vocab: dict[str, int] = spec["model"]["vocab"]
+        self.vocab: dict[str, int] = vocab_ids(spec)
 
     @classmethod
     @abstractmethod
@@ -57,9 +64,34 @@ class TokenizerFamily(ABC):
     def entry_for(self, word: str, form: str) -> NewEntry | str:
         """The entry that makes ``word`` (in ``form``) one token, or the reason it cannot be added."""
 
-    @abstractmethod
     def extend(self, entries: list[tuple[NewEntry, int]]) -> dict[str, Any]:
-        """A new spec with each entry added under its id; the original spec is not modified."""
+        """A new spec with each entry added under its id; the original spec is not modified.
+
+        Ids below the vocabulary's end must belong to added tokens (reserved ones being reused): those tokens
+        are removed and the entry takes their id. Every other added token keeps its id.
+        """
+        spec = copy.deepcopy(self.spec)
+        taken = {token_id for _, token_id in entries}
+        spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if t["id"] not in taken]
+        vocab = spec["model"]["vocab"]
+        if isinstance(vocab, dict):  # a reused token that was also a vocabulary entry gives its id up (one pass)
+            spec["model"]["vocab"] = {t: i for t, i in vocab.items() if i not in taken}
+        pin_added_tokens(spec, self.pinned_score())
+        for entry, token_id in entries:
+            set_vocab_entry(spec, entry.token, token_id, self.entry_score(entry))
+        return self.make_reachable(spec, [entry for entry, _ in entries])
+
+    @abstractmethod
+    def make_reachable(self, spec: dict[str, Any], entries: list[NewEntry]) -> dict[str, Any]:
+        """``spec`` (already holding the entries) changed so that text reaches them; may modify it in place."""
+
+    def entry_score(self, entry: NewEntry) -> float | None:
+        """The score a new entry gets in a scored (Unigram) vocabulary; None for BPE."""
+        return None
+
+    def pinned_score(self) -> float | None:
+        """The score of an added token pinned into a scored (Unigram) vocabulary; None for BPE."""
+        return None
 
     def encode_ids(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -106,3 +138,41 @@ def walk(node: Any):
     elif isinstance(node, list):
         for value in node:
             yield from walk(value)
+
+
+def vocab_ids(spec: dict[str, Any]) -> dict[str, int]:
+    """token -> id of the model's vocabulary: a dict for BPE/WordPiece, [piece, score] pairs for Unigram."""
+    vocab = spec["model"]["vocab"]
+    if isinstance(vocab, list):
+        return {piece: i for i, (piece, _score) in enumerate(vocab)}
+    return vocab
+
+
+def set_vocab_entry(spec: dict[str, Any], token: str, token_id: int, score: float | None) -> None:
+    """Put ``token`` at ``token_id`` in the model's vocabulary (in place). A dict vocabulary must not hold
+    ``token_id`` already (the caller frees reused ids first, in one pass). A Unigram vocabulary is a list whose
+    index is the id, so an id may only replace a piece or append one.
+    """
+    vocab = spec["model"]["vocab"]
+    if isinstance(vocab, list):
+        if token_id > len(vocab):
+            raise ValueError(f"Unigram ids must stay contiguous: cannot put {token!r} at {token_id} "
+                             f"after {len(vocab)} pieces")
+        pair = [token, 0.0 if score is None else score]
+        vocab[token_id:token_id + 1] = [pair]
+        return
+    vocab[token] = token_id
+
+
+def pin_added_tokens(spec: dict[str, Any], score: float | None) -> None:
+    """Put every added token that is not in the model's vocabulary into it, at its own id (in place).
+
+    The tokenizers library numbers added tokens missing from the vocabulary from the vocabulary's size on load
+    and ignores the ids in the file: pinned, they keep their ids however many entries follow. They are still
+    matched before the model runs, so the model never sees them in ordinary encoding.
+    Example: vocab {"a": 0, "b": 1}, added [{"content": "<s>", "id": 2}] -> vocab {"a": 0, "b": 1, "<s>": 2}.
+    """
+    present = vocab_ids(spec)
+    for token in sorted(spec.get("added_tokens", []), key=lambda t: t["id"]):
+        if present.get(token["content"]) != token["id"]:
+            set_vocab_entry(spec, token["content"], token["id"], score)

@@ -9,12 +9,14 @@ tokenizes exactly as before, and a new token always replaces exactly the run of 
 The one thing `ignore_merges` could change is an *existing* vocabulary entry that the merges do not
 reproduce and that can occur as a pre-token; `reachable_merge_conflicts` finds those, and extension refuses
 to proceed if there are any (measured: none in SmolLM2; its 17 special tokens cannot be pre-tokens).
+Llama 3 and Qwen keep their specials outside the vocabulary; base.TokenizerFamily.extend pins them first.
 Source: tokenizers' BPE `ignore_merges` (used by Llama 3's tokenizer.json).
+
+Left out: words that the pre-tokenizer splits (they need kind="added"); SentencePiece layouts (sentencepiece.py).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from tokenizers import decoders
@@ -53,7 +55,7 @@ class ByteLevelBPE(TokenizerFamily):
         pieces = tuple(t.id for t in self.backend.model.tokenize(token))
         return NewEntry(word=word, form=form, token=token, text=text, pieces=pieces)
 
-    def extend(self, entries: list[tuple[NewEntry, int]]) -> dict[str, Any]:
+    def make_reachable(self, spec: dict[str, Any], entries: list[NewEntry]) -> dict[str, Any]:
         if not self.spec["model"].get("ignore_merges", False):
             conflicts = self.reachable_merge_conflicts()
             if conflicts:
@@ -62,9 +64,6 @@ class ByteLevelBPE(TokenizerFamily):
                     f"reproduce but text can contain (e.g. {conflicts[:5]}); turning on ignore_merges would "
                     "change how they tokenize. Add the words with kind='added' instead."
                 )
-        spec = copy.deepcopy(self.spec)
-        for entry, token_id in entries:
-            spec["model"]["vocab"][entry.token] = token_id
         spec["model"]["ignore_merges"] = True
         return spec
 

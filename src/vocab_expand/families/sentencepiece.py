@@ -20,11 +20,16 @@ appear inside other words. Instead:
 
 Measured on Gemma 3 (262,144 entries): one token joins something to "▁" (">▁</"), and 260 entries need
 step 3 (256 byte names and 4 others).
+
+A word's entry is the string it becomes inside text (`form_token`): in the Llama 2 layout, whose normalizer
+prepends "▁" to the whole document, " word" alone would normalize to "▁▁word", which text never contains.
+
+Left out: Unigram models (unigram.py reuses the guards); words with whitespace or that start or end with
+punctuation (kind="added").
 """
 
 from __future__ import annotations
 
-import copy
 import unicodedata
 from typing import Any
 
@@ -59,13 +64,26 @@ class SentencePieceBPE(TokenizerFamily):
             return normalized
         return "".join(p for p, _ in self.backend.pre_tokenizer.pre_tokenize_str(normalized))
 
+    def form_token(self, word: str, form: str) -> str:
+        """The string ``word`` becomes inside ordinary text: after "a " (mid) or after a line break (initial).
+
+        Normalizing the form alone would include what only the document's start gets: with Llama 2's
+        Prepend("▁") normalizer " word" alone gives "▁▁word", which text never contains.
+        Example (Llama 2 layout): ("Jehoshaphat", "mid") -> "▁Jehoshaphat"; "initial" -> "Jehoshaphat".
+        """
+        context = "a" if form == "mid" else "a\n"
+        head, whole = self.normalize(context), self.normalize(context + (" " if form == "mid" else "") + word)
+        if whole.startswith(head):
+            return whole[len(head):]
+        return self.normalize(" " + word if form == "mid" else word)
+
     def entry_for(self, word: str, form: str) -> NewEntry | str:
         if any(ch.isspace() for ch in word) or MARK in word:
             return "contains whitespace, so it can never be one vocabulary token; add it with kind='added' instead"
         if not (_is_wordish(word[0]) and _is_wordish(word[-1])):
             return "must start and end with a letter or digit to be a whole-word entry; use kind='added' instead"
         text = " " + word if form == "mid" else word
-        token = self.normalize(text)
+        token = self.form_token(word, form)
         if form == "initial" and token.startswith(MARK):
             return "this tokenizer prepends '▁' to the first word, so the initial form is the mid form"
         if token in self.vocab:
@@ -73,13 +91,10 @@ class SentencePieceBPE(TokenizerFamily):
         pieces = tuple(t.id for t in self.backend.model.tokenize(token))
         return NewEntry(word=word, form=form, token=token, text=text, pieces=pieces)
 
-    def extend(self, entries: list[tuple[NewEntry, int]]) -> dict[str, Any]:
-        spec = copy.deepcopy(self.spec)
-        for entry, token_id in entries:
-            spec["model"]["vocab"][entry.token] = token_id
+    def make_reachable(self, spec: dict[str, Any], entries: list[NewEntry]) -> dict[str, Any]:
         spec["model"]["ignore_merges"] = True
         conflicts = self.conflicts()
-        words = self.word_pattern([e for e, _ in entries], [t for t, _ in conflicts])
+        words = self.word_pattern(entries, [t for t, _ in conflicts])
         # Breakers first, on whole documents (one anchored match attempt each); the word split after them is
         # guarded so that it never leaves a chunk that is exactly a conflict string.
         splits = [*self.conflict_breakers(conflicts, words), _split(words)]
