@@ -24,6 +24,8 @@ _EXPORTS = {
     "lora_config": "handoff",
     "InvalidInputError": "errors", "MissingResourceError": "errors", "OutputExistsError": "errors",
     "OutputNotWritableError": "errors", "UnsupportedTokenizerError": "errors", "VocabExpandError": "errors",
+    "CorruptFileError": "errors", "HubUnreachableError": "errors", "InvalidTypeError": "errors",
+    "MissingPackageError": "errors", "NothingAddedError": "errors",
     "DEFAULT_MODEL": "loading", "load_model": "loading",
     "Candidate": "mining", "mine": "mining",
     "STRATEGIES": "strategies", "DataDrivenStrategy": "strategies", "Learned": "strategies",
@@ -50,8 +52,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from .config import DEFAULTS, ExpandConfig, SamplingOptions
     from .corpus import Corpus, load_corpus
     from .diagnostics import Diagnosis, diagnose
-    from .errors import (InvalidInputError, MissingResourceError, OutputExistsError, OutputNotWritableError,
-                         UnsupportedTokenizerError, VocabExpandError)
+    from .errors import (CorruptFileError, HubUnreachableError, InvalidInputError, InvalidTypeError,
+                         MissingPackageError, MissingResourceError, NothingAddedError, OutputExistsError,
+                         OutputNotWritableError, UnsupportedTokenizerError, VocabExpandError)
     from .expansion import Expansion, apply_plan, expand
     from .handoff import lora_config
     from .experiments import Comparison, compare
