@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from vocab_expand import io as vio
-from vocab_expand.cli import main, parse_words
+from vocab_expand.cli import main
 from vocab_expand.errors import InvalidInputError, OutputNotWritableError
 
 from helpers import make_model
@@ -215,6 +215,8 @@ def test_words_with_control_characters_are_refused_with_their_line(model_dir, tm
 
 
 def test_words_file_bom_crlf_and_mine_columns():
+    from vocab_expand.cli import parse_words
+
     assert parse_words("\ufeffZion\r\nNebuchadnezzar\r\n# note\n\n", "w") == ["Zion", "Nebuchadnezzar"]
     assert parse_words("Jehoshaphat\tmid\t12\nZion\tinitial\t3\n", "w") == ["Jehoshaphat", "Zion"]
     with pytest.raises(InvalidInputError, match=r"w:1: "):  # one plain line, so not a mine file: tabs refused
