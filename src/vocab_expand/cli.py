@@ -340,7 +340,8 @@ def build_diagnose(parser: argparse.ArgumentParser):
 
     def run(args: argparse.Namespace) -> int:
         from .corpus import load_corpus
-        from .diagnostics import check_max_tokens, diagnose, parse_strategies
+        from .diagnostics import check_max_tokens, diagnose
+        from .pairs import parse_strategies
         from .io import atomic_directory, check_output_dir
         from .loading import load_model
         from .report import table, write_into

@@ -24,7 +24,9 @@ from .options import check_choice, check_int, doc, opt
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
 TokenKind = Literal["vocab", "added"]
-FORM_CHOICES: tuple[str, ...] = get_args(WordForms)
+# The forms each choice of `forms` adds (tokenization.py and mining.py read them from here).
+FORMS_OF: dict[str, tuple[str, ...]] = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
+FORM_CHOICES: tuple[str, ...] = tuple(FORMS_OF)
 TIE_POLICIES: tuple[str, ...] = get_args(TiePolicy)
 TOKEN_KINDS: tuple[str, ...] = get_args(TokenKind)
 

@@ -20,7 +20,8 @@ Cost: one forward pass of the original model gives every strategy's figures 1-4 
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
 tokenization changed; the others reuse the original pass.
 
-Left out: writing the report (report.py); the negative-logit twin (twin.py).
+Left out: parsing strategy pairs (pairs.py), drawing the held-out sample (heldout.py), generating
+(generation.py), the verdict sentences (verdicts.py), writing the report (report.py), the twin (twin.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
@@ -44,45 +44,20 @@ from .rows import NewRows, check_strategies, new_rows
 from .forward import PassStats, run_pass
 from .heads import head_logits, paired_logits
 from .resize import embedding_layout
-from .strategies import STRATEGIES, get_strategy
-from .tokenization import check_words, documents_up_to, start_token_id
+from .generation import PROMPTS, generations
+from .heldout import HeldoutSample, heldout_sample, weighted_heldout_sample
+from .pairs import StrategyPair, parse_strategies
+from .tokenization import check_words, start_token_id
+from .verdicts import verdict
+
+# Moved to their own modules; importable from here as before.
+__all__ = ["DEFAULT_STRATEGIES", "MAX_TOKENS", "Diagnosis", "diagnose", "StrategyPair", "parse_strategies",
+           "heldout_sample", "weighted_heldout_sample", "HeldoutSample", "generations", "verdict", "PROMPTS"]
 
 DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
-PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
 # Held-out tokens scored by default: about 20 s a pass for SmolLM2 on 2 CPU cores, enough for stable figures.
 MAX_TOKENS = 8000
 HISTOGRAM_BINS = 60
-
-
-@dataclass(frozen=True)
-class StrategyPair:
-    """An input/output strategy pair; "mean" alone means mean/mean."""
-
-    input: str
-    output: str
-
-    @property
-    def name(self) -> str:
-        return self.input if self.input == self.output else f"{self.input}/{self.output}"
-
-    @classmethod
-    def parse(cls, spec: str) -> "StrategyPair":
-        parts = spec.strip().split("/")
-        if len(parts) not in (1, 2) or not all(parts):
-            raise InvalidInputError(f"strategy {spec!r} must be NAME or INPUT/OUTPUT, e.g. subword/mean")
-        for name in parts:
-            if name not in STRATEGIES:
-                raise InvalidInputError(f"unknown strategy {name!r} in {spec!r}; choose from: {', '.join(sorted(STRATEGIES))}")
-        return cls(parts[0], parts[-1])
-
-
-def parse_strategies(specs: Iterable[str] | str) -> list[StrategyPair]:
-    """Strategy pairs from names or a comma-separated string; duplicates removed, order kept."""
-    items = specs.split(",") if isinstance(specs, str) else list(specs)
-    pairs = list(dict.fromkeys(StrategyPair.parse(s) for s in items if s.strip()))
-    if not pairs:
-        raise InvalidInputError("no strategies given, e.g. strategies=['zeros', 'mean', 'subword/mean']")
-    return pairs
 
 
 def summarize(values: Tensor, weights: Tensor | None = None) -> dict[str, float]:
@@ -192,65 +167,6 @@ def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_op
         reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped)
         raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
     return plan
-
-
-# Share of max_tokens for held-out documents that hold a new word: up to it, every such document is scored.
-OCCURRENCE_SHARE = 0.5
-BATCH_DOCUMENTS = 1000
-
-
-@dataclass
-class HeldoutSample:
-    """Held-out documents to score, each with weight 1 / P(drawn) (Horvitz-Thompson), so that weighted sums
-    estimate sums over the whole held-out split without bias. All weights are 1 when the split fits."""
-
-    docs: list[str]
-    weights: Tensor  # [documents] float64
-    documents_with_words: int  # in the sample
-    heldout_documents_with_words: int  # in the whole split
-
-
-def weighted_heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, plan: TokenPlan, max_tokens: int,
-                            seed: int = 0) -> HeldoutSample:
-    """About ``max_tokens`` tokens of held-out text: every document that holds a new word (Poisson-sampled
-    down to OCCURRENCE_SHARE of the budget when they hold more), and a seeded Poisson sample of the others
-    for the rest. Inclusion probabilities are fixed before drawing, so the weights 1/p are exact."""
-    if not corpus.heldout:
-        raise InvalidInputError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
-    lengths, holds = _token_counts(corpus.heldout, tokenizer, plan)
-    total, with_words = lengths.sum(), (lengths * holds).sum()
-    if total <= max_tokens:
-        p_words = p_other = 1.0
-    else:
-        cap = OCCURRENCE_SHARE * max_tokens
-        p_words = min(1.0, cap / with_words) if with_words else 1.0
-        rest = total - with_words
-        p_other = min(1.0, (max_tokens - min(with_words, cap)) / rest) if rest else 1.0
-    prob = np.where(holds, p_words, p_other)
-    drawn = np.random.default_rng(seed).random(len(prob)) < prob
-    chosen = np.flatnonzero(drawn)
-    if not len(chosen):
-        raise InvalidInputError(f"max_tokens={max_tokens} drew no held-out document; raise max_tokens")
-    return HeldoutSample([corpus.heldout[i] for i in chosen.tolist()], torch.tensor(1.0 / prob[chosen]),
-                         int(holds[chosen].sum()), int(holds.sum()))
-
-
-def _token_counts(docs: list[str], tokenizer, plan: TokenPlan) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens of each document in the original tokenization, whether its expanded tokenization has a new token)."""
-    lengths, holds = [], []
-    for start in range(0, len(docs), BATCH_DOCUMENTS):  # batches: never all token ids at once
-        batch = docs[start : start + BATCH_DOCUMENTS]
-        lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
-        holds += [any(t >= plan.tokens_before for t in ids)
-                  for ids in plan.tokenizer(batch, add_special_tokens=False)["input_ids"]]
-    return np.array(lengths, dtype=np.int64), np.array(holds, dtype=bool)
-
-
-def heldout_sample(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
-    """The first held-out documents up to about ``max_tokens`` tokens (original tokenizer)."""
-    if not corpus.heldout:
-        raise InvalidInputError(f"corpus {corpus.name!r} has no held-out documents to diagnose on")
-    return documents_up_to(corpus.heldout, tokenizer, max_tokens)
 
 
 class _Runner:
@@ -394,44 +310,3 @@ class _Runner:
         names = [e.word + ("" if e.form == "mid" else f" ({e.form})") for e in self.plan.entries]
         return {"adoption": share,
                 "adoption_per_word": {n: (None if math.isnan(v) else v) for n, v in zip(names, per_word.tolist())}}
-
-
-@torch.inference_mode()
-def generations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int,
-                new_ids: set[int] | None = None) -> list[dict[str, Any]]:
-    """Greedy and seeded sampled continuations of each prompt, with the share of new tokens generated."""
-    out = []
-    for prompt in prompts:
-        batch = tokenizer(prompt, return_tensors="pt")
-        row: dict[str, Any] = {"prompt": prompt}
-        for mode in ("greedy", "sampled"):
-            torch.manual_seed(seed)
-            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=mode == "sampled",
-                                 pad_token_id=tokenizer.eos_token_id)
-            continuation = ids[0, batch["input_ids"].shape[1]:].tolist()
-            row[mode] = tokenizer.decode(continuation, skip_special_tokens=True)
-            if new_ids is not None:
-                row[f"{mode}_new_token_share"] = sum(t in new_ids for t in continuation) / max(1, len(continuation))
-        out.append(row)
-    return out
-
-
-def verdict(name: str, row: dict[str, Any]) -> str:
-    """One sentence a user can act on."""
-    moved, argmax = row["moved_probability"]["mean"], row["new_token_argmax_share"]
-    bpc = f"; bits per character {row['bpc_change_percent']:+.2f}%" if "bpc_change_percent" in row else ""
-    if moved > 0.5 or argmax > 0.5:
-        return (f"{name}: BROKEN - the new tokens take {100 * moved:.1f}% of the probability on average and are the "
-                f"top prediction on {100 * argmax:.1f}% of prefixes{bpc}.")
-    kl = row["kl"]
-    if get_strategy(row["output_strategy"]).needs_corpus:
-        return (f"{name}: FITTED - learned from the domain text, the new tokens take {100 * moved:.2f}% of the "
-                f"probability on prefixes without new words (mean KL {kl['mean']:.2e}, max {kl['max']:.2e} nats; "
-                f"mean rows would stay below {row['hewitt_bound_nats']:.2e}){bpc}.")
-    if kl["mean"] > 0.1 or kl["max"] > 1.0:
-        return f"{name}: RISKY - mean KL {kl['mean']:.3f}, max {kl['max']:.2f} nats on old-vocabulary prefixes{bpc}."
-    if not row["within_bound"]:
-        return (f"{name}: OK HERE, NO GUARANTEE - mean KL {kl['mean']:.2e}, max {kl['max']:.2e} nats, above the "
-                f"Hewitt bound on {100 * (1 - row['share_within_bound']):.1f}% of prefixes, so other text or "
-                f"models may fare worse{bpc}.")
-    return f"{name}: SAFE - max KL {kl['max']:.2e} nats, within the Hewitt bound on every prefix{bpc}."

@@ -2,7 +2,7 @@
 
 The experiment of Hewitt's post, reproducible on the user's own model and text: for every strategy, expand
 with the same words, then fine-tune on the train split with identical data order, seed and hyperparameters
-(training.py), evaluating held-out bits per character (and token perplexity, and the probability on the new
+(training/), evaluating held-out bits per character (and token perplexity, and the probability on the new
 tokens) at step 0 and every eval_every steps. Then: steps-to-target, the steps each strategy needs to reach
 the final value of transformers' default (hf_default), a table and a curve plot.
 
@@ -10,7 +10,7 @@ RUNS/ layout: run.json (what was asked; a rerun with the same request resumes), 
 (config.json, metrics.jsonl, checkpoint/, state.json, final/ when asked), comparison.json, report.md,
 bits_per_character.png, train_loss.png.
 
-Left out: the training loop (training.py), the expansion (expansion.py).
+Left out: the training loop (training/), the expansion (expansion.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .corpus import Corpus, load_corpus
-from .diagnostics import StrategyPair, heldout_sample, parse_strategies
+from .heldout import heldout_sample
+from .pairs import StrategyPair, parse_strategies
 from .errors import InvalidInputError, OutputExistsError
 from .expansion import apply_plan, make_config
 from .planning import plan_tokens

@@ -23,9 +23,8 @@ from typing import Any, ClassVar
 
 from tokenizers import Tokenizer
 
+from ..config import FORMS_OF  # noqa: F401  (re-exported: families name the forms they build)
 from ..errors import UnsupportedTokenizerError
-
-FORMS_OF = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""TrainConfig: the options of the fine-tuning runs compare makes (identical for every strategy), each default
+with its reason and each value validated before any work.
+
+Left out: running them (loop.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import InvalidInputError
+
+TrainMode = Literal["full", "embeddings", "new_rows"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of the fine-tuning runs :func:`vocab_expand.compare` makes (identical for every strategy)."""
+
+    # The blog post's figure separates within a few hundred steps; 200 with an evaluation every 20 shows it.
+    steps: int = 200
+    eval_every: int = 20
+    # Full fine-tuning, as in the blog; "embeddings" trains both embedding matrices, "new_rows" only new rows.
+    train: TrainMode = "full"
+    # A small model's usual fine-tuning rate; warm-up then linear decay to 0 at `steps`.
+    learning_rate: float = 5e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    # Gradient-norm clipping, as transformers' Trainer does by default; None turns it off. Without it, zero
+    # rows on a negative-logit model (initial loss ~250 nats) diverged to NaN within 30 steps here.
+    max_grad_norm: float | None = 1.0
+    # Global batch in sequences per optimizer step (split over processes and accumulation micro-steps).
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    # Packed sequences of this many tokens (documents joined with EOS).
+    seq_len: int = 128
+    # bf16 autocast where the hardware supports it; float32 otherwise.
+    bf16: bool = False
+    # Held-out text scored at each evaluation (tokens of the original tokenizer).
+    eval_tokens: int = 4000
+    # None: checkpoint at every evaluation.
+    checkpoint_every: int | None = None
+    # Stop (after a checkpoint) once this many seconds have passed; the next run resumes.
+    max_time_s: float | None = None
+    # Keep the final model of every strategy (RUNS/<strategy>/final/).
+    save_final: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "batch_size", "gradient_accumulation", "seq_len", "eval_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.train not in ("full", "embeddings", "new_rows"):
+            raise InvalidInputError(f"train must be full, embeddings or new_rows; got {self.train!r}")
+        if not self.learning_rate > 0:
+            raise InvalidInputError(f"learning_rate must be positive, got {self.learning_rate}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise InvalidInputError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not self.weight_decay >= 0:
+            raise InvalidInputError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:  # 0 would silently zero every update
+            raise InvalidInputError(f"max_grad_norm must be positive or None (off), got {self.max_grad_norm}")
+        if self.max_time_s is not None and not self.max_time_s >= 0:  # 0: stop after the first step's checkpoint
+            raise InvalidInputError(f"max_time_s must be >= 0 or None (no limit), got {self.max_time_s}")
+        if self.checkpoint_every is not None and (isinstance(self.checkpoint_every, bool) or
+                                                  not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1):
+            raise InvalidInputError(f"checkpoint_every must be a positive integer or None (at every evaluation), "
+                                    f"got {self.checkpoint_every!r}")
+        if self.batch_size % self.gradient_accumulation:
+            raise InvalidInputError(f"batch_size ({self.batch_size}) must be a multiple of gradient_accumulation "
+                             f"({self.gradient_accumulation})")
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
