@@ -192,3 +192,19 @@ def test_unigram_without_metaspace_is_refused_clearly_and_added_mode_works():
     with pytest.raises(UnsupportedTokenizerError, match="sentencepiece_unigram.*kind='added'"):
         plan_tokens(tok, ["abba"], make_config())
     assert plan_tokens(tok, ["<x>"], make_config(kind="added")).new_token_ids == [4]
+
+
+def test_diagnose_and_compare_refuse_reuse_reserved(llama3, tmp_path):
+    """They measure new tokens as the ids after the old vocabulary; reused reserved ids would give wrong
+    figures without an error."""
+    from vocab_expand import compare, diagnose
+    from vocab_expand.corpus import Corpus
+
+    corpus = Corpus("tiny", train=["Nebuchadnezzar the king"] * 40, heldout=["Nebuchadnezzar the king"] * 4)
+    model = make_model("untied", len(llama3))
+    with pytest.raises(InvalidInputError, match="reuse_reserved"):
+        diagnose(model, llama3, ["Nebuchadnezzar"], corpus, ["mean"], progress=False, reuse_reserved=True)
+    with pytest.raises(InvalidInputError, match="reuse_reserved"):
+        compare(model, corpus, ["Nebuchadnezzar"], ["mean"], tmp_path / "runs", tokenizer=llama3, progress=False,
+                expand_options={"reuse_reserved": True})
+    assert not (tmp_path / "runs").exists()

@@ -163,6 +163,7 @@ def check_max_tokens(max_tokens: int) -> None:
 def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_options: dict[str, Any]) -> TokenPlan:
     """The token plan; InvalidInputError when no word can be added (nothing to diagnose)."""
     plan = plan_tokens(tokenizer, words, make_config(**expand_options))
+    plan.require_appended("diagnose")
     if not plan.entries:
         reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped)
         raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")

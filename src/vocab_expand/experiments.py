@@ -114,6 +114,7 @@ def compare(
     for pair in pairs:  # bad choices fail before any work
         get_strategy(pair.input), get_strategy(pair.output)
     plan = plan_tokens(tokenizer, word_list, make_config(**options))
+    plan.require_appended("compare")
     if not plan.entries:
         raise InvalidInputError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
     data = training_data(plan, tokenizer, corpus, config)

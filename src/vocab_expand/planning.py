@@ -53,6 +53,13 @@ class TokenPlan:
     def pieces(self) -> list[list[int]]:
         return [list(e.pieces) for e in self.entries]
 
+    def require_appended(self, what: str) -> None:
+        """InvalidInputError when some new id reuses a reserved token: ``what`` (diagnose, compare) measures the
+        new tokens as the ids after the old vocabulary."""
+        if any(i < self.tokens_before for i in self.new_token_ids):
+            raise InvalidInputError(f"{what} measures new tokens as the ids after the old vocabulary, so it does not "
+                                    "support reuse_reserved: run it without reuse_reserved (the rows are the same)")
+
 
 def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config: ExpandConfig) -> TokenPlan:
     """Check the words, plan their entries through the tokenizer's family, and build the new tokenizer.
