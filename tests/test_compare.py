@@ -294,3 +294,65 @@ def test_numeric_training_options_are_validated(option, value):
     """Issue 16, item 8: no silent replacement by a default."""
     with pytest.raises(ValueError, match=option):
         TrainConfig(**{option: value})
+
+
+LORA = ("--strategies", "mean", "--train", "lora", "--lora-r", "2", "--lora-target-modules", "q_proj,v_proj",
+        "--lr-new-rows", "1e-2", "--checkpoint-every", "2")
+
+
+@pytest.mark.parametrize("folder", ["model", "tied_model"])
+def test_lora_training_runs_and_resumes_to_the_same_numbers(setup, tmp_path, folder):
+    def run(out, env=None):
+        args = ["compare", "--model", str(setup / folder), "--corpus", str(setup / "corpus.jsonl"), "--word", WORDS[0],
+                "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--seq-len", "16", "--eval-tokens", "200",
+                "--lr", "1e-3", "--warmup-steps", "1", "-o", str(out), "--save-final", *LORA]
+        return subprocess.run([sys.executable, "-m", "vocab_expand.cli", *args], capture_output=True, text=True,
+                              env={**os.environ, **(env or {})}, timeout=600)
+
+    assert run(tmp_path / "straight").returncode == 0
+    assert run(tmp_path / "resumed", {"VOCAB_EXPAND_CRASH_AFTER_STEP": "3"}).returncode == 137
+    done = run(tmp_path / "resumed")
+    assert done.returncode == 0, done.stderr
+    a, b = metrics(tmp_path / "straight", "mean"), metrics(tmp_path / "resumed", "mean")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) == 7  # 3 evaluations, 4 steps
+    for x, y in zip(a, b):
+        for key in x:
+            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-7), (x["step"], key)
+    assert a[-1]["bits_per_character"] != a[0]["bits_per_character"]
+    config = json.loads((tmp_path / "straight" / "mean" / "config.json").read_text())
+    assert config["rates"] == {"body": None, "lora_adapters": 1e-3, "old_rows": None, "new_rows": 1e-2}
+    # The final model is merged: a plain transformers folder whose new rows trained.
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "straight" / "mean" / "final")
+    assert not any("lora" in name for name, _ in final.named_parameters())
+    assert "Peak learning rates: body frozen, lora adapters 0.001" in (tmp_path / "straight" / "report.md").read_text()
+
+
+def test_the_new_rows_rate_reaches_the_optimizer(tiny_tokenizer):
+    """LoRA: the new rows' deltas are their own parameter group. Other modes: one step moves the new rows by
+    exactly lr_new_rows / learning_rate times what a shared rate moves them, and the old rows as before."""
+    from vocab_expand.training.optim import prepare
+
+    n = len(tiny_tokenizer)
+    lora = prepare(make_model("untied", n + 2), TrainConfig(train="lora", lora_r=2, learning_rate=1e-3,
+                                                            lr_new_rows=5e-2), n, n + 2)
+    rates = sorted((g["lr"], sum(p.numel() for p in g["params"])) for g in lora.optimizer.param_groups)
+    assert rates[1] == (5e-2, 2 * 2 * 16)  # two matrices, two new rows of d = 16
+    assert rates[0][0] == 1e-3
+
+    def one_step(lr_new: float | None, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model = make_model("untied", n + 2)
+        before = model.lm_head.weight.detach().clone()
+        trainable = prepare(model, TrainConfig(train=mode, learning_rate=1e-3, lr_new_rows=lr_new), n, n + 2)
+        ids = torch.tensor([[5, 6, n, 7, n + 1, 8]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        trainable.update(1e-3)
+        return (model.lm_head.weight.detach() - before)[n:], (model.lm_head.weight.detach() - before)[:n]
+
+    for mode in ("full", "embeddings", "new_rows"):
+        shared_new, shared_old = one_step(None, mode)
+        fast_new, fast_old = one_step(1e-2, mode)
+        torch.testing.assert_close(fast_new, 10 * shared_new)
+        torch.testing.assert_close(fast_old, shared_old)
+        assert shared_new.abs().sum() > 0

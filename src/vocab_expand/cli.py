@@ -228,7 +228,7 @@ def print_summary(result) -> None:
 @command("compare", "fine-tune with each initialization and show which adapts fastest")
 def build_compare(parser: argparse.ArgumentParser):
     from .experiments import DEFAULT_COMPARE
-    from .training import TrainConfig
+    from .training import TRAIN_MODES, TrainConfig
 
     defaults = TrainConfig()
     add_model_args(parser)
@@ -240,8 +240,15 @@ def build_compare(parser: argparse.ArgumentParser):
     parser.add_argument("--twin", action="store_true", help="run on the model's negative-logit twin")
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--train", choices=["full", "embeddings", "new_rows"], default=defaults.train,
-                        help="what is trained (default: %(default)s)")
+    parser.add_argument("--train", choices=TRAIN_MODES, default=defaults.train,
+                        help="what is trained: full, the embedding matrices, only the new rows, or LoRA adapters "
+                             "plus the new rows (default: %(default)s)")
+    parser.add_argument("--lr-new-rows", type=float, default=defaults.lr_new_rows,
+                        help="the new rows' own learning rate, in every mode (default: --lr)")
+    parser.add_argument("--lora-r", type=int, default=defaults.lora_r, help="LoRA rank (default: %(default)s)")
+    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha, help="LoRA alpha (default: 2 x rank)")
+    parser.add_argument("--lora-target-modules", default=defaults.lora_target_modules,
+                        help="modules LoRA adapts, PEFT's names (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)

@@ -261,7 +261,7 @@ def _run_strategy(model, plan, pair, corpus, data, config, options, folder: RunF
         if accelerator.is_main_process:
             folder.path.mkdir(parents=True, exist_ok=True)
             write_json(folder.path / "config.json", {"strategy": pair.name, "train": config.to_dict(),
-                                                     "expansion": expansion.report})
+                                                     "rates": config.rates(), "expansion": expansion.report})
         accelerator.wait_for_everyone()
     status = train_run(expansion.model, data, config, folder, accelerator, progress=progress, desc=pair.name)
     if config.save_final and status == "finished" and accelerator.is_main_process:

@@ -195,6 +195,12 @@ def write_comparison(comparison: Comparison, runs: Path) -> None:
     write_text_atomic(runs / "report.md", comparison_markdown(comparison))
 
 
+def _rates(train: dict) -> dict:
+    from .training import TrainConfig
+
+    return TrainConfig(**train).rates()
+
+
 def comparison_markdown(comparison: Comparison) -> str:
     train = comparison.config["train"]
     lines = [
@@ -202,6 +208,8 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"{len(comparison.config['words'])} words; {train['steps']} steps of {train['batch_size']} x {train['seq_len']} "
         f"tokens ({train['train']} fine-tuning, lr {train['learning_rate']}, seed {train['seed']}), identical data "
         f"order for every strategy; held-out evaluation every {train['eval_every']} steps.", "",
+        "Peak learning rates: " + ", ".join(f"{part.replace('_', ' ')} {'frozen' if rate is None else rate}"
+                                           for part, rate in _rates(train).items()) + ".", "",
         f"Target: {comparison.reference}'s final bits per character"
         + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
         "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "

@@ -10,16 +10,17 @@ Checkpoints (Accelerate's save_state: weights, optimizer, scheduler, RNG) are wr
 checkpoint_every steps and when max_time_s runs out; metrics.jsonl is cut back to the checkpoint on resume.
 
 Modules: config.py (TrainConfig), data.py (packing, data order), evaluation.py, checkpoints.py (RunFolder),
-loop.py (train_run), faults.py (the resume tests' kill switch).
+optim.py (what trains at what rate, LoRA), loop.py (train_run), faults.py (the resume tests' kill switch).
 
 Left out: expansion and the comparison across strategies (experiments.py), plots (report.py).
 """
 
 from .checkpoints import SCHEDULER_FILE, RunFolder
-from .config import TrainConfig, TrainMode
+from .config import TRAIN_MODES, TrainConfig, TrainMode
 from .data import TrainingData, data_order, pack
 from .evaluation import Evaluation, evaluate
-from .loop import set_trainable, train_run
+from .loop import train_run
+from .optim import set_trainable
 
-__all__ = ["SCHEDULER_FILE", "Evaluation", "RunFolder", "TrainConfig", "TrainMode", "TrainingData", "data_order",
+__all__ = ["SCHEDULER_FILE", "TRAIN_MODES", "Evaluation", "RunFolder", "TrainConfig", "TrainMode", "TrainingData", "data_order",
            "evaluate", "pack", "set_trainable", "train_run"]

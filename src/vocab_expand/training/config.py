@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..errors import InvalidInputError
 
-TrainMode = Literal["full", "embeddings", "new_rows"]
+TrainMode = Literal["full", "embeddings", "new_rows", "lora"]
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,9 @@ class TrainConfig:
     # The blog post's figure separates within a few hundred steps; 200 with an evaluation every 20 shows it.
     steps: int = 200
     eval_every: int = 20
-    # Full fine-tuning, as in the blog; "embeddings" trains both embedding matrices, "new_rows" only new rows.
+    # Full fine-tuning, as in the blog; "embeddings" trains both embedding matrices, "new_rows" only new rows;
+    # "lora": LoRA adapters (PEFT) on every linear layer but the head, plus the new rows as trainable tokens,
+    # which is how models of 7B and more are fine-tuned.
     train: TrainMode = "full"
     # A small model's usual fine-tuning rate; warm-up then linear decay to 0 at `steps`.
     learning_rate: float = 5e-5
@@ -47,16 +50,29 @@ class TrainConfig:
     # Keep the final model of every strategy (RUNS/<strategy>/final/).
     save_final: bool = False
     seed: int = 0
+    # The new rows' own rate, in every mode (None: learning_rate). They start far from trained rows, and LoRA
+    # leaves them as the only way the model learns its new words.
+    lr_new_rows: float | None = None
+    # LoRA (train="lora"): rank, alpha (None: 2 * rank) and the modules adapted (PEFT's names).
+    lora_r: int = 16
+    lora_alpha: int | None = None
+    lora_target_modules: str = "all-linear"
 
     def __post_init__(self) -> None:
         for name in ("steps", "eval_every", "batch_size", "gradient_accumulation", "seq_len", "eval_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
-        if self.train not in ("full", "embeddings", "new_rows"):
-            raise InvalidInputError(f"train must be full, embeddings or new_rows; got {self.train!r}")
+        if self.train not in TRAIN_MODES:
+            raise InvalidInputError(f"train must be one of {', '.join(TRAIN_MODES)}; got {self.train!r}")
         if not self.learning_rate > 0:
             raise InvalidInputError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.lr_new_rows is not None and not self.lr_new_rows > 0:
+            raise InvalidInputError(f"lr_new_rows must be positive or None (learning_rate), got {self.lr_new_rows}")
+        for name in ("lora_r", "lora_alpha"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise InvalidInputError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not self.weight_decay >= 0:
@@ -76,6 +92,18 @@ class TrainConfig:
     @property
     def checkpoint_interval(self) -> int:
         return self.eval_every if self.checkpoint_every is None else self.checkpoint_every
+
+    @property
+    def new_rows_rate(self) -> float:
+        return self.learning_rate if self.lr_new_rows is None else self.lr_new_rows
+
+    def rates(self) -> dict[str, Any]:
+        """Which parameters train at what peak rate (None: frozen), for the reports."""
+        lr, new = self.learning_rate, self.new_rows_rate
+        return {"full": {"body": lr, "old_rows": lr, "new_rows": new},
+                "embeddings": {"body": None, "old_rows": lr, "new_rows": new},
+                "new_rows": {"body": None, "old_rows": None, "new_rows": new},
+                "lora": {"body": None, "lora_adapters": lr, "old_rows": None, "new_rows": new}}[self.train]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

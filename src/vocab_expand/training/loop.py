@@ -22,24 +22,11 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
 from .checkpoints import SCHEDULER_FILE, RunFolder
-from .config import TrainConfig, TrainMode
+from .config import TrainConfig
 from .data import TrainingData, data_order
 from .evaluation import evaluate
 from .faults import crash_after_step
-
-
-def set_trainable(model: nn.Module, mode: TrainMode, first_new: int) -> list[nn.Parameter]:
-    """Freeze what ``mode`` does not train; for "new_rows", mask the gradients of old rows (the effect of PEFT's
-    trainable tokens without the dependency). Returns the trainable parameters."""
-    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-    for p in model.parameters():
-        p.requires_grad_(mode == "full" or id(p) in embeddings)
-    if mode == "new_rows":
-        for p in {id(p): p for p in model.parameters() if id(p) in embeddings}.values():
-            mask = torch.zeros(p.shape[0], 1, dtype=p.dtype)
-            mask[first_new:] = 1
-            p.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device))
-    return [p for p in model.parameters() if p.requires_grad]
+from .optim import prepare
 
 
 def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder: RunFolder, accelerator,
@@ -52,14 +39,8 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
         raise InvalidInputError(f"batch_size ({config.batch_size}) must be a multiple of processes x gradient_accumulation "
                          f"({accelerator.num_processes} x {config.gradient_accumulation})")
     order = data_order(data.rows.shape[0], config)
-    params = set_trainable(model, config.train, data.first_new)
-    # new_rows: AdamW's decoupled decay would shrink the frozen old rows too (it does not look at gradients), so
-    # the embedding matrices get no decay there and _decay_new_rows applies it to the new rows only.
-    embeddings = _embedding_weights(model) if config.train == "new_rows" else []
-    groups = [{"params": [p for p in params if all(p is not e for e in embeddings)]},
-              {"params": embeddings, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    trainable = prepare(model, config, data.first_new, data.vocabulary)
+    model, optimizer = trainable.model, trainable.optimizer
     schedule = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / config.steps)  # noqa: E731
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     # The scheduler is not prepared: Accelerate would step it once per process, but batch_size is global here.
@@ -78,7 +59,7 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
     bar = tqdm(total=config.steps, initial=step, desc=desc, disable=not (progress and accelerator.is_main_process))
     while step < config.steps:
         facts = _optimizer_step(model, optimizer, scheduler, data.rows, order[step], config, accelerator,
-                                lambda lr: _decay_new_rows(embeddings, data.first_new, lr, config.weight_decay))
+                                trainable.update)
         step += 1
         bar.update(1)
         if accelerator.is_main_process:
@@ -93,24 +74,13 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
                 return "stopped (max_time_s)"
         crash_after_step(step)
     bar.close()
+    if config.train == "lora":  # the adapters and new-row deltas go into the weights: a plain model again
+        accelerator.unwrap_model(model).merge_and_unload()
     return "finished"
 
 
-def _embedding_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The distinct embedding matrices (one when tied)."""
-    found = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    return list({id(p): p for p in found}.values())
-
-
-@torch.no_grad()
-def _decay_new_rows(embeddings: list[nn.Parameter], first_new: int, lr: float, weight_decay: float) -> None:
-    """AdamW's decoupled weight decay, p <- p (1 - lr wd), on rows first_new: only (new_rows training)."""
-    for p in embeddings:
-        p[first_new:].mul_(1 - lr * weight_decay)
-
-
 def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, config: TrainConfig,
-                    accelerator, before_update=lambda lr: None) -> dict[str, Any]:
+                    accelerator, update) -> dict[str, Any]:
     """One optimizer step over the global batch ``indices``: this process's share, in accumulation micro-steps.
     Returns the loss, the gradient norm before clipping, and skipped=True when that norm was not finite."""
     share = indices.view(accelerator.num_processes, -1)[accelerator.process_index]
@@ -128,8 +98,7 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
     norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf))
     skipped = not math.isfinite(norm)
     if not skipped:  # an inf or nan gradient would turn every weight it reaches into nan: skip the update
-        before_update(scheduler.get_last_lr()[0])
-        optimizer.step()
+        update(scheduler.get_last_lr()[0])  # optimizer.step(), with the new rows at their own rate
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"train_loss": accelerator.reduce(total, reduction="mean").item(), "grad_norm": norm, **({"skipped": True} if skipped else {})}
