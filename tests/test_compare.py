@@ -55,6 +55,7 @@ def test_runs_folder_figures_and_steps_to_target(setup, tmp_path):
     for name in ("hf_default", "zeros", "mean"):
         records = metrics(out, name)
         assert [r["step"] for r in records if "bits_per_character" in r] == [0, 2, 4, 6]
+        assert all(0.0 <= r["adoption"] <= 1.0 for r in records if "bits_per_character" in r)
         assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
         assert json.loads((out / name / "config.json").read_text())["expansion"]["output_strategy"] == name
     assert result.reference == "hf_default"
@@ -356,3 +357,13 @@ def test_the_new_rows_rate_reaches_the_optimizer(tiny_tokenizer):
         torch.testing.assert_close(fast_new, 10 * shared_new)
         torch.testing.assert_close(fast_old, shared_old)
         assert shared_new.abs().sum() > 0
+
+
+def test_adoption_counts_by_hand():
+    """Where the target is a new token: does its logit beat the word's old first piece's?"""
+    from vocab_expand.training.evaluation import _adoption_counts
+
+    logits = torch.tensor([[[0.0, 5.0, 1.0, 2.0], [0.0, 1.0, 3.0, 0.5], [9.0, 0.0, 0.0, 0.0]]])  # vocabulary 4
+    targets = torch.tensor([[2, 3, 0]])  # new ids 2 (first piece 1) and 3 (first piece 0), then an old token
+    occurrences, wins = _adoption_counts(logits, targets, torch.ones(1, 3, dtype=torch.bool), 2, torch.tensor([1, 0]))
+    assert (occurrences.item(), wins.item()) == (2, 1)  # 1.0 < 5.0 loses; 0.5 > 0.0 wins

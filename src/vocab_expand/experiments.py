@@ -76,6 +76,8 @@ class Comparison:
                              "bpc_best": min(finite, default=math.nan), "final_step": records[-1]["step"],
                              "new_token_probability_start": records[0]["new_token_probability"],
                              "new_token_probability_final": records[-1]["new_token_probability"],
+                             "adoption_start": records[0].get("adoption", math.nan),
+                             "adoption_final": records[-1].get("adoption", math.nan),
                              "steps_to_target": self.steps_to_target.get(name),
                              "skipped_steps": [r["step"] for r in self.losses.get(name, []) if r.get("skipped")]}
         return out
@@ -242,7 +244,8 @@ def training_data(plan, tokenizer, corpus: Corpus, config: TrainConfig) -> Train
     return TrainingData(rows=pack(ids, config.seq_len, separator),
                         heldout=plan.tokenizer(docs, add_special_tokens=False)["input_ids"],
                         characters=sum(len(d) for d in docs), start_id=start_token_id(tokenizer),
-                        first_new=plan.tokens_before, vocabulary=plan.tokens_before + len(plan.entries))
+                        first_new=plan.tokens_before, vocabulary=plan.tokens_before + len(plan.entries),
+                        first_pieces=[p[0] for p in plan.pieces])
 
 
 def _run_strategy(model, plan, pair, corpus, data, config, options, folder: RunFolder, accelerator, progress) -> str:

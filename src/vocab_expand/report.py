@@ -213,14 +213,15 @@ def comparison_markdown(comparison: Comparison) -> str:
         f"Target: {comparison.reference}'s final bits per character"
         + (f" ({comparison.target_bpc:.4f})." if comparison.target_bpc is not None else " (not reached yet)."), "",
         "| strategy | bpc at step 0 | final bpc | best bpc | steps to target | new-token probability (0 -> final) "
-        "| updates skipped (inf/nan gradient) | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| adoption (0 -> final) | updates skipped (inf/nan gradient) | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in comparison.summary().items():
         reached = row["steps_to_target"]
         lines.append(f"| {name} | {row['bpc_start']:.4f} | {row['bpc_final']:.4f} | {row['bpc_best']:.4f} | "
                      f"{reached if reached is not None else 'not reached'} | {row['new_token_probability_start']:.3f} -> "
-                     f"{row['new_token_probability_final']:.3f} | {len(row['skipped_steps'])} | "
+                     f"{row['new_token_probability_final']:.3f} | {100 * row['adoption_start']:.0f}% -> "
+                     f"{100 * row['adoption_final']:.0f}% | {len(row['skipped_steps'])} | "
                      f"{comparison.status.get(name, '')} |")
     lines += ["", "![bits per character](bits_per_character.png)", "", "![training loss](train_loss.png)", ""]
     return "\n".join(lines)

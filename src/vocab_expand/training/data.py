@@ -7,7 +7,7 @@ Left out: tokenizing the corpus (experiments.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -44,3 +44,5 @@ class TrainingData:
     start_id: int
     first_new: int
     vocabulary: int
+    # The old first piece of each new token's word (adoption: does the new token outrank it?).
+    first_pieces: list[int] = field(default_factory=list)

@@ -111,6 +111,6 @@ def _flag(accelerator, value: bool) -> bool:
 
 def _log_eval(model, data: TrainingData, step: int, folder: RunFolder, accelerator) -> None:
     found = evaluate(accelerator.unwrap_model(model), data.heldout, data.characters, data.start_id,
-                     data.first_new, data.vocabulary, accelerator)
+                     data.first_new, data.vocabulary, accelerator, data.first_pieces)
     if accelerator.is_main_process:
         folder.append({"step": step, **dataclasses.asdict(found)})
