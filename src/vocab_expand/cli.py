@@ -168,7 +168,9 @@ def build_expand(parser: argparse.ArgumentParser):
               f"{result.report['output_strategy']} output rows); skipped {len(result.skipped)}")
         for skip in result.skipped:
             print(f"  skipped {skip.word!r}: {skip.reason}")
-        print(f"saved to {args.output}")
+        report = result.report
+        print(f"saved to {args.output}; parameters {report['parameters_before']:,} -> {report['parameters_after']:,} "
+              f"(+{report['parameters_added']:,}, {'tied' if report['tied'] else 'untied'})")
         return 0
 
     return run

@@ -21,6 +21,7 @@ from .rows import NewRows
 def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config: ExpandConfig) -> dict[str, Any]:
     """Grow the model's matrices in place for the new rows; returns the row facts for the report."""
     layout = resize.embedding_layout(model)
+    parameters_before = parameter_count(model)
     k = rows.input.shape[0]
     plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, k, config.pad_to_multiple_of)
     if layout.tied and not rows.tied:
@@ -37,6 +38,7 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
             new_bias = resize.fill_new_rows(layout.output.bias.data, plan, rows.bias, is_bias=True)
             layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
     resize.set_vocab_size(model, plan.new_rows)
+    parameters_after = parameter_count(model)
     return {
         "rows_before": plan.old_rows,
         "rows_after": plan.new_rows,
@@ -46,4 +48,12 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
         "input_strategy": rows.input_strategy,
         "output_strategy": rows.output_strategy,
         "hewitt_bound_nats": hewitt_bound(k + len(plan.padding_ids), tokens_before),
+        "parameters_before": parameters_before,
+        "parameters_after": parameters_after,
+        "parameters_added": parameters_after - parameters_before,
     }
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of the model, a tied matrix counted once (model.parameters() yields each Parameter once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,5 +1,6 @@
 """Running the data-driven strategies of an expansion: input side first, then output side on the states the
-new input rows produce, each from the heuristic rows its rows() gave (also the fallback for rare words).
+new input rows produce, each from the heuristic rows its rows() gave (also the fallback for rare words). A
+strategy that learns the shared row of a tied model (sides ("input", "output"), e.g. joint) runs once.
 
 Nothing here names a strategy: each declares its side, needs and options (strategies/base.py). Results are
 cached by strategy, options and sample, so a diagnosis that pairs one input strategy with several output
@@ -42,6 +43,10 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     inp, out = pair
     details: dict[str, Any] = {}
     rows = start
+    if isinstance(inp, DataDrivenStrategy) and inp.shares_row():
+        learned = _learn(inp, context, start.input, None, cache)  # one row: the model is tied (check_strategies)
+        details = {"sample": sample_facts(context.sample(), context.words), inp.name: learned.report}
+        return rows._replace(input=learned.rows), details
     if isinstance(inp, DataDrivenStrategy):
         learned = _learn(inp, context, start.input, None, cache)
         rows, details[inp.name] = rows._replace(input=learned.rows), learned.report
