@@ -64,7 +64,19 @@ def _fit_facts(row: dict) -> dict:
             "distill_seconds": details.get("distill", joint.get("distill", {})).get("seconds"),
             "joint_seconds": joint.get("seconds"), "joint_input_weight": joint.get("input_weight"),
             "joint_input_weight_path": joint.get("input_weight_path"), "joint_reg": joint.get("reg"),
-            "fallback_words": len(details.get("fit", details.get("distill", joint)).get("fallback_words", []))}
+            "fallback_words": len(details.get("fit", details.get("distill", joint)).get("fallback_words", [])),
+            "learn_seconds": _learn_seconds(details)}
+
+
+def _learn_seconds(details: dict) -> float | None:
+    """Seconds the rows took to learn once the sample is drawn: distillation, the states pass and the solves
+    (joint's own figure includes all three; distill/fit's is their sum)."""
+    if "joint" in details:
+        return details["joint"]["seconds"]
+    parts = [details.get(name, {}).get("seconds") for name in ("distill", "fit")]
+    if not details or None in parts:
+        return None
+    return sum(parts) + (details["sample"].get("states_seconds") or 0.0)
 
 
 def timed_expand(model, tokenizer, words: list[str], corpus, options: dict) -> dict:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, ExpandConfig, alias_help
+from .config import (ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, SHARED_WITH_TEXT,
+                     ExpandConfig, alias_help)
 from .strategies import STRATEGIES
 
 Runner = Callable[[argparse.Namespace], int]
@@ -63,7 +64,8 @@ def add_expand_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     the command sets itself (diagnose and compare choose strategies with --strategies)."""
     group = parser.add_argument_group("expansion options")
     choices = [AUTO, *sorted(STRATEGIES)]
-    auto = f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus, {'/'.join(AUTO_WITHOUT_TEXT)} without"
+    auto = (f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus ({SHARED_WITH_TEXT} on a tied model's shared row), "
+            f"{'/'.join(AUTO_WITHOUT_TEXT)} without")
     for spec in dataclasses.fields(ExpandConfig):
         if spec.metadata.get("cli", True) is False or spec.name in skip:
             continue

@@ -21,7 +21,6 @@ from ..corpus import Corpus
 from ..planning import TokenPlan
 from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Learned, Strategy, get_strategy
 from .context import LearnContext
-from .sampling import DomainSample
 
 
 class StartRows(NamedTuple):
@@ -45,7 +44,7 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     rows = start
     if isinstance(inp, DataDrivenStrategy) and inp.shares_row():
         learned = _learn(inp, context, start.input, None, cache)  # one row: the model is tied (check_strategies)
-        details = {"sample": sample_facts(context.sample(), context.words), inp.name: learned.report}
+        details = {"sample": sample_facts(context), inp.name: learned.report}
         return rows._replace(input=learned.rows), details
     if isinstance(inp, DataDrivenStrategy):
         learned = _learn(inp, context, start.input, None, cache)
@@ -54,7 +53,7 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     if isinstance(out, DataDrivenStrategy) and start.output is not None:
         learned = _learn(out, context, start.output, start.bias, None)
         rows, details[out.name] = rows._replace(output=learned.rows, bias=learned.bias), learned.report
-    details = {"sample": sample_facts(context.sample(), context.words), **details}
+    details = {"sample": sample_facts(context), **details}
     return rows, details
 
 
@@ -80,10 +79,12 @@ def sample_tail(config: ExpandConfig) -> int:
     return max(tails, default=0)
 
 
-def sample_facts(sample: DomainSample, words: list[str]) -> dict[str, Any]:
-    """What the sample holds, for the report."""
+def sample_facts(context: LearnContext) -> dict[str, Any]:
+    """What the sample holds, and how long its states pass took, for the report."""
+    sample, words = context.sample(), context.words
     fitting = sample.occurrences(calibration=False)
     return {
+        "states_seconds": context.computed.get("states_seconds"),
         "chunks": len(sample.ids),
         "budget": sample.budget,
         "positions": sample.positions(),
