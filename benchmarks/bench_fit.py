@@ -1,10 +1,11 @@
 """Fitted initialization: held-out bits per character right after expansion, for every strategy, and what
-distill/fit costs.
+the default costs, tied and untied.
 
 For each model and word count, in one run: mine the top words of the kjv train split; diagnose every
-registered strategy (and the pairs that matter) on the held-out sample, fit and distill learning from the
-train split only; then time a plain `expand(..., corpus=kjv)` with the defaults (distill/fit), with its
-steps and the peak resident memory it added.
+registered strategy (and the pairs that matter) on the held-out sample, fit, distill and joint learning from
+the train split only, and the --untied pairs again with tie_policy="untie" (rows named "NAME (untied)"); then
+time a plain `expand(..., corpus=kjv)` with the defaults (on a tied model: joint, the model stays tied) and with
+tie_policy="untie" (distill/fit and a head copy), with their steps, parameters added and peak memory added.
 
     python benchmarks/bench_fit.py --models smollm2-135m --words 100 --out benchmarks/results/fit_smollm2_100.json
 """
@@ -22,7 +23,9 @@ from vocab_expand import diagnose, expand, load_corpus, load_model, mine
 from vocab_expand.config import ALIASES, ExpandConfig
 
 STRATEGIES = ["zeros", "random", "hf_default", "mean", "mean_cov", "subword", "subword/mean", "subword/fit",
-              "distill/mean", "distill/fit"]
+              "distill/mean", "distill/fit", "joint"]
+# Diagnosed again with tie_policy="untie" (on an untied model they are the same rows as above).
+UNTIED = ["distill/fit"]
 
 
 def peak_rss_mb() -> float:
@@ -30,48 +33,82 @@ def peak_rss_mb() -> float:
 
 
 def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True,
-        options: dict | None = None) -> dict:
+        options: dict | None = None, untied: list[str] | None = None) -> dict:
     options = options or {}
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
-    cost = timed_expand(model, tokenizer, words, corpus, options) if timing else None
+    cost = {"default": timed_expand(model, tokenizer, words, corpus, options),
+            "untie": timed_expand(model, tokenizer, words, corpus, {**options, "tie_policy": "untie"})} if timing else None
     found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False, **options)
-    rows = {name: {"bpc_after": row["bpc_after"], "bpc_change_percent": row["bpc_change_percent"],
-                   "kl_mean": row["kl"]["mean"], "kl_max": row["kl"]["max"],
-                   "moved_mean": row["moved_probability"]["mean"], "within_bound": row["within_bound"],
-                   "tied": row["tied"], **_fit_facts(row)}
-            for name, row in found.strategies.items()}
+    rows = {name: _row(row) for name, row in found.strategies.items()}
+    if untied:
+        apart = diagnose(model, tokenizer, words, corpus, untied, max_tokens=max_tokens, generate=False,
+                         **{**options, "tie_policy": "untie"})
+        rows.update({f"{name} (untied)": _row(row) for name, row in apart.strategies.items()})
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
             "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options}
 
 
+def _row(row: dict) -> dict:
+    return {"bpc_after": row["bpc_after"], "bpc_change_percent": row["bpc_change_percent"],
+            "kl_mean": row["kl"]["mean"], "kl_max": row["kl"]["max"], "moved_mean": row["moved_probability"]["mean"],
+            "within_bound": row["within_bound"], "tied": row["tied"], "input_strategy": row["input_strategy"],
+            "output_strategy": row["output_strategy"], **_fit_facts(row)}
+
+
 def _fit_facts(row: dict) -> dict:
     details = row.get("data_driven", {})
-    return {"fit_seconds": details.get("fit", {}).get("seconds"), "distill_seconds": details.get("distill", {}).get("seconds"),
-            "fallback_words": len(details.get("fit", details.get("distill", {})).get("fallback_words", []))}
+    joint = details.get("joint", {})
+    return {"fit_seconds": details.get("fit", {}).get("seconds"),
+            "distill_seconds": details.get("distill", joint.get("distill", {})).get("seconds"),
+            "joint_seconds": joint.get("seconds"), "joint_input_weight": joint.get("input_weight"),
+            "joint_input_weight_path": joint.get("input_weight_path"), "joint_reg": joint.get("reg"),
+            "fallback_words": len(details.get("fit", details.get("distill", joint)).get("fallback_words", [])),
+            "learn_seconds": _learn_seconds(details)}
+
+
+def _learn_seconds(details: dict) -> float | None:
+    """Seconds the rows took to learn once the sample is drawn: distillation, the states pass and the solves
+    (joint's own figure includes all three; distill/fit's is their sum)."""
+    if "joint" in details:
+        return details["joint"]["seconds"]
+    parts = [details.get(name, {}).get("seconds") for name in ("distill", "fit")]
+    if not details or None in parts:
+        return None
+    return sum(parts) + (details["sample"].get("states_seconds") or 0.0)
 
 
 def timed_expand(model, tokenizer, words: list[str], corpus, options: dict) -> dict:
-    """Wall time, steps and peak memory of a plain expand(..., corpus=...) with the defaults (distill/fit)."""
+    """Wall time, steps, parameters and peak memory of a plain expand(..., corpus=...) with ``options``."""
     rss_before = peak_rss_mb()
     began = time.perf_counter()
     result = expand(model, tokenizer, words, corpus=corpus, progress=True, **options)
     seconds = time.perf_counter() - began
-    details = result.report["data_driven"]
-    cost = {
+    report = result.report
+    details = report["data_driven"]
+    joint = details.get("joint")
+    distill = joint["distill"] if joint else details["distill"]
+    solve = joint or details["fit"]
+    return {
+        "strategies": f"{report['input_strategy']}/{report['output_strategy']}",
+        "tied": report["tied"],
+        "parameters_before": report["parameters_before"],
+        "parameters_added": report["parameters_added"],
         "expand_seconds": seconds,
-        "distill_seconds": details["distill"].get("seconds"),
-        "fit_solve_seconds": details["fit"]["seconds"],
+        "distill_seconds": distill.get("seconds"),
+        "fit_solve_seconds": None if joint else solve["seconds"],
+        # joint: the states pass, the reg and input-weight paths and the final solve (distill's time excluded)
+        "joint_after_distill_seconds": solve["seconds"] - (distill.get("seconds") or 0) if joint else None,
         "peak_rss_added_mb": peak_rss_mb() - rss_before,
         "budget": details["sample"]["budget"],
         "positions": details["sample"]["positions"],
-        "solved_positions": details["fit"]["solved_positions"],
-        "distill_windows": details["distill"].get("windows"),
-        "fallback_words": {"distill": details["distill"]["fallback_words"], "fit": details["fit"]["fallback_words"]},
-        "reg": details["fit"]["reg"],
+        "solved_positions": solve["solved_positions"],
+        "distill_windows": distill.get("windows"),
+        "fallback_words": {"distill": distill["fallback_words"], "fit": solve["fallback_words"]},
+        "reg": solve["reg"],
+        "input_weight": joint["input_weight"] if joint else None,
     }
-    return cost
 
 
 def main() -> None:
@@ -80,7 +117,9 @@ def main() -> None:
     parser.add_argument("--words", default="100")
     parser.add_argument("--max-tokens", type=int, default=8000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--no-timing", action="store_true", help="skip the timed expand (rows are computed in diagnose)")
+    parser.add_argument("--untied", default=",".join(UNTIED),
+                        help="pairs diagnosed again with tie_policy='untie' ('' for none)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the timed expands (rows are computed in diagnose)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
@@ -89,14 +128,16 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
-                   options=options)
+                   options=options, untied=[s for s in args.untied.split(",") if s])
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:
-        print(f"{r['model']} k={r['k']}: bpc before {r['bpc_before']:.4f}"
-              + (f"; distill/fit expand {r['cost']['expand_seconds']:.0f} s" if r["cost"] else ""))
+        print(f"{r['model']} k={r['k']}: bpc before {r['bpc_before']:.4f}")
+        for policy, c in (r["cost"] or {}).items():
+            print(f"  expand ({policy}: {c['strategies']}, tied {c['tied']}): {c['expand_seconds']:.0f} s, "
+                  f"+{c['parameters_added']:,} parameters")
         for name, row in sorted(r["strategies"].items(), key=lambda kv: kv[1]["bpc_after"]):
-            print(f"  {name:14s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
+            print(f"  {name:22s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")
 
 

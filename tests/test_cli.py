@@ -41,18 +41,30 @@ def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
     assert generated.shape[1] == ids["input_ids"].shape[1] + 3
 
 
-def test_expand_with_a_corpus_fits_rows_and_unties(model_dir, tmp_path, capsys):
+def test_expand_with_a_corpus_keeps_a_tied_model_tied_and_reports_parameters(model_dir, tmp_path, capsys):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)), encoding="utf-8")
+    common = ["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "prophets",
+              "--corpus", str(corpus), "--fit-max-positions", "3000", "--distill-epochs", "1"]
     out = tmp_path / "out"
-    code = main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "prophets",
-                 "--corpus", str(corpus), "--fit-max-positions", "3000", "--distill-epochs", "1", "-o", str(out)])
-    assert code == 0, capsys.readouterr().err
-    assert "distill input rows, fit output rows" in capsys.readouterr().out
+    assert main([*common, "-o", str(out)]) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "joint input rows, joint output rows" in lines[0]
     report = json.loads((out / "expansion.json").read_text())
-    assert (report["config"]["input_init"], report["config"]["output_init"], report["tied"]) == ("distill", "fit", False)
-    assert report["data_driven"]["fit"]["positions"] <= 3 * 3000 and report["corpus"] == str(corpus)
+    assert (report["config"]["input_init"], report["config"]["output_init"], report["tied"]) == ("distill", "fit", True)
+    d = report["parameters_added"] // 2
+    assert report["parameters_after"] - report["parameters_before"] == 2 * d  # k = 2 new rows of d, shared
+    assert lines[-1].endswith(f"parameters {report['parameters_before']:,} -> {report['parameters_after']:,} "
+                              f"(+{2 * d:,}, tied)")
+    assert report["data_driven"]["joint"]["positions"] <= 3 * 3000 and report["corpus"] == str(corpus)
     model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    untied = tmp_path / "untied"
+    assert main([*common, "--tie-policy", "untie", "-o", str(untied)]) == 0, capsys.readouterr().err
+    assert "distill input rows, fit output rows" in capsys.readouterr().out
+    report = json.loads((untied / "expansion.json").read_text())
+    assert not report["tied"] and report["parameters_added"] > report["parameters_before"] // 10  # a whole head copy
+    model = AutoModelForCausalLM.from_pretrained(untied)
     assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
     assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--output-init", "fit",
                  "-o", str(tmp_path / "o2")]) == 2

@@ -19,7 +19,8 @@ import unicodedata
 from pathlib import Path
 from typing import Callable
 
-from .config import ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, ExpandConfig, alias_help
+from .config import (ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, SHARED_WITH_TEXT,
+                     ExpandConfig, alias_help)
 from .errors import InvalidInputError, MissingResourceError, VocabExpandError
 from .strategies import STRATEGIES
 
@@ -97,7 +98,8 @@ def add_expand_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
     the command sets itself (diagnose and compare choose strategies with --strategies)."""
     group = parser.add_argument_group("expansion options")
     choices = [AUTO, *sorted(STRATEGIES)]
-    auto = f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus, {'/'.join(AUTO_WITHOUT_TEXT)} without"
+    auto = (f"{AUTO}: {'/'.join(AUTO_WITH_TEXT)} with --corpus ({SHARED_WITH_TEXT} on a tied model's shared row), "
+            f"{'/'.join(AUTO_WITHOUT_TEXT)} without")
     for spec in dataclasses.fields(ExpandConfig):
         if spec.metadata.get("cli", True) is False or spec.name in skip:
             continue
@@ -201,7 +203,9 @@ def build_expand(parser: argparse.ArgumentParser):
         result.report["corpus"] = args.corpus
         print_summary(result)
         result.save(args.output, force=args.force, allow_empty=args.allow_empty)
-        print(f"saved to {args.output}")
+        report = result.report
+        print(f"saved to {args.output}; parameters {report['parameters_before']:,} -> {report['parameters_after']:,} "
+              f"(+{report['parameters_added']:,}, {'tied' if report['tied'] else 'untied'})")
         return 0
 
     return run

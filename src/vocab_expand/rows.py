@@ -13,11 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from . import resize
-from .config import AUTO, ExpandConfig
+from .config import AUTO, SHARED_WITH_TEXT, ExpandConfig
 from .errors import InvalidInputError
 from .learning.orchestrate import StartRows, learn_rows
 from .planning import TokenPlan
-from .strategies import RowRequest, Strategy, get_strategy
+from .strategies import DataDrivenStrategy, RowRequest, Strategy, get_strategy
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -42,28 +42,37 @@ def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], c
 
 
 def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
-    """A tied model stays tied unless its two strategies differ and tie_policy is "untie", or is "auto" and
-    one of them learns from text (fit or distill rows only make sense on their own side)."""
+    """A tied model stays tied unless its two strategies differ and tie_policy is "untie". With "auto" it stays
+    tied even when a strategy learns from text: the shared row is then learned by `joint` (Hewitt's point
+    that the output row decides safety holds, and users do not expect 100 words to add a head copy)."""
     config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
     if not layout.tied or config.input_init == config.output_init:
         return layout.tied
-    data_driven = get_strategy(config.input_init).needs_corpus or get_strategy(config.output_init).needs_corpus
-    return not (config.tie_policy == "untie" or (config.tie_policy == "auto" and data_driven))
+    return config.tie_policy != "untie"
 
 
 def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
-    """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy."""
+    """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy. With
+    "auto", a pair in which either strategy learns from text (distill/fit, the default with a corpus) shares
+    one `joint` row, fitted against both signals."""
     config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
     chosen = get_strategy(config.input_init), get_strategy(config.output_init)
     if tied and chosen[0].name != chosen[1].name:
-        shared = chosen[0] if config.tie_policy == "input" else chosen[1]
+        if config.tie_policy == AUTO and any(s.needs_corpus for s in chosen):
+            shared = get_strategy(SHARED_WITH_TEXT)
+        else:
+            shared = chosen[0] if config.tie_policy == "input" else chosen[1]
         return shared, shared
     return chosen
 
 
+def _shares_row(strategy: Strategy) -> bool:
+    return isinstance(strategy, DataDrivenStrategy) and strategy.shares_row()
+
+
 def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
     """The effective (input, output) strategies; a clear error for a strategy on the wrong side, a
-    data-driven one on a shared row, or one without text."""
+    one-sided data-driven one on a shared row (or a shared-row one on an untied model), or one without text."""
     config = config.resolved(corpus is not None)
     layout = resize.embedding_layout(model)
     tied = stays_tied(layout, config)
@@ -72,9 +81,13 @@ def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = No
         if side not in strategy.sides and not (tied and side == "output"):
             other = "INPUT/fit, e.g. subword/fit or distill/fit" if side == "input" else "distill/OUTPUT, e.g. distill/mean"
             raise InvalidInputError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only; use {other}")
-    if tied and pair[0].needs_corpus:
-        raise InvalidInputError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied model; "
-                         "use tie_policy='auto' or 'untie' with different input and output strategies")
+    if tied and pair[0].needs_corpus and not _shares_row(pair[0]):
+        raise InvalidInputError(f"{pair[0].name!r} rows cannot be shared by the input and output side of this tied "
+                                f"model; use {SHARED_WITH_TEXT!r} (tie_policy='auto' picks it), or tie_policy='untie' "
+                                "with different input and output strategies")
+    if not tied and any(_shares_row(s) for s in pair):
+        raise InvalidInputError(f"{pair[0].name!r} learns the one shared row of a tied model, and this model's rows "
+                                "are not shared (untied, or tie_policy='untie'); use distill/fit")
     if config.reuse_reserved and any(s.needs_corpus for s in pair):
         raise InvalidInputError("reuse_reserved works with strategies that need no text (e.g. subword/mean): "
                                 "fit and distill assume new ids after the old ones; leave reuse_reserved off")

@@ -26,6 +26,7 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
     appended from tokens_before on (spare rows first).
     """
     layout = resize.embedding_layout(model)
+    parameters_before = parameter_count(model)
     r = len(reused_ids)
     k = rows.input.shape[0] - r
     plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, k, config.pad_to_multiple_of)
@@ -46,6 +47,7 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
             new_bias = resize.overwrite_rows(new_bias, reused_ids, rows.bias[:r])
             layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
     resize.set_vocab_size(model, plan.new_rows)
+    parameters_after = parameter_count(model)
     return {
         "rows_before": plan.old_rows,
         "rows_after": plan.new_rows,
@@ -56,4 +58,12 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
         "input_strategy": rows.input_strategy,
         "output_strategy": rows.output_strategy,
         "hewitt_bound_nats": hewitt_bound(rows.input.shape[0] + len(plan.padding_ids), tokens_before),
+        "parameters_before": parameters_before,
+        "parameters_after": parameters_after,
+        "parameters_added": parameters_after - parameters_before,
     }
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of the model, a tied matrix counted once (model.parameters() yields each Parameter once)."""
+    return sum(p.numel() for p in model.parameters())

@@ -15,6 +15,7 @@ Left out: choosing and running strategies (orchestrate.py); what a strategy does
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -111,8 +112,10 @@ class LearnContext:
         self._require("states")
         if "states" not in self.computed:
             sample = self.sample()
+            began = time.perf_counter()
             stats = run_pass(self.model, sample.scored(), self.n_old, self.start_id, input_rows=self.input_rows,
                              progress=self.progress, desc="caching hidden states")
+            self.computed["states_seconds"] = time.perf_counter() - began
             flat, offsets = sample.flat_weights()
             self.computed["states"] = SampleStates(stats, flat[offsets[stats.doc] + stats.index],
                                                    sample.calibration[stats.doc])

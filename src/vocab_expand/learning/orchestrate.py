@@ -1,5 +1,6 @@
 """Running the data-driven strategies of an expansion: input side first, then output side on the states the
-new input rows produce, each from the heuristic rows its rows() gave (also the fallback for rare words).
+new input rows produce, each from the heuristic rows its rows() gave (also the fallback for rare words). A
+strategy that learns the shared row of a tied model (sides ("input", "output"), e.g. joint) runs once.
 
 Nothing here names a strategy: each declares its side, needs and options (strategies/base.py). Results are
 cached by strategy, options and sample, so a diagnosis that pairs one input strategy with several output
@@ -20,7 +21,6 @@ from ..corpus import Corpus
 from ..planning import TokenPlan
 from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Learned, Strategy, get_strategy
 from .context import LearnContext
-from .sampling import DomainSample
 
 
 class StartRows(NamedTuple):
@@ -42,6 +42,10 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     inp, out = pair
     details: dict[str, Any] = {}
     rows = start
+    if isinstance(inp, DataDrivenStrategy) and inp.shares_row():
+        learned = _learn(inp, context, start.input, None, cache)  # one row: the model is tied (check_strategies)
+        details = {"sample": sample_facts(context), inp.name: learned.report}
+        return rows._replace(input=learned.rows), details
     if isinstance(inp, DataDrivenStrategy):
         learned = _learn(inp, context, start.input, None, cache)
         rows, details[inp.name] = rows._replace(input=learned.rows), learned.report
@@ -49,7 +53,7 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     if isinstance(out, DataDrivenStrategy) and start.output is not None:
         learned = _learn(out, context, start.output, start.bias, None)
         rows, details[out.name] = rows._replace(output=learned.rows, bias=learned.bias), learned.report
-    details = {"sample": sample_facts(context.sample(), context.words), **details}
+    details = {"sample": sample_facts(context), **details}
     return rows, details
 
 
@@ -75,10 +79,12 @@ def sample_tail(config: ExpandConfig) -> int:
     return max(tails, default=0)
 
 
-def sample_facts(sample: DomainSample, words: list[str]) -> dict[str, Any]:
-    """What the sample holds, for the report."""
+def sample_facts(context: LearnContext) -> dict[str, Any]:
+    """What the sample holds, and how long its states pass took, for the report."""
+    sample, words = context.sample(), context.words
     fitting = sample.occurrences(calibration=False)
     return {
+        "states_seconds": context.computed.get("states_seconds"),
         "chunks": len(sample.ids),
         "budget": sample.budget,
         "positions": sample.positions(),

@@ -6,7 +6,7 @@ maths, one folder) with a `@register_strategy` class: the CLI's choices and opti
 it needs no other change.
 """
 
-from . import distill, fit, hf_default, mean, mean_cov, random_normal, subword, zeros  # noqa: F401  (registers them)
+from . import distill, fit, hf_default, joint, mean, mean_cov, random_normal, subword, zeros  # noqa: F401  (registers them)
 from .base import NEEDS, STRATEGIES, DataDrivenStrategy, Learned, RowRequest, Strategy, get_strategy, register_strategy
 
 __all__ = ["NEEDS", "STRATEGIES", "DataDrivenStrategy", "Learned", "RowRequest", "Strategy", "get_strategy",

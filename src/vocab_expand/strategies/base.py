@@ -9,7 +9,8 @@ domain text. It declares what it needs (NEEDS: the domain sample, the hidden sta
 occurrence windows), its typed options (options_class, a frozen dataclass whose fields carry help text), and
 implements learn(context, start, ...), where rows() gave the starting rows and the fallback for rare words.
 The orchestration (learning/orchestrate.py) builds the context and runs input-side strategies before
-output-side ones; nothing there names a strategy, so a new one is one folder under strategies/.
+output-side ones; nothing there names a strategy, so a new one is one folder under strategies/. A
+data-driven strategy whose sides are ("input", "output") learns the one shared row of a tied model (joint).
 
 Left out: where rows go, tied weights, padding rows (resize.py owns those); the shared data (learning/).
 """
@@ -88,6 +89,8 @@ class Strategy(ABC):
 
 # What a data-driven strategy may ask its LearnContext for.
 NEEDS = frozenset({"sample", "states", "windows"})
+# The sides a data-driven strategy may serve: one side, or both at once (the shared row of a tied model).
+DATA_DRIVEN_SIDES = (("input",), ("output",), ("input", "output"))
 
 
 class Learned(NamedTuple):
@@ -105,6 +108,11 @@ class DataDrivenStrategy(Strategy):
     needs_corpus = True
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def shares_row(cls) -> bool:
+        """Learns one row that is both the input and the output row (a tied model's shared row)."""
+        return tuple(cls.sides) == ("input", "output")
+
     def sample_tail(self, options: Any) -> int:
         """Tokens kept after a chunk's last weighted position (context the strategy reads past it)."""
         return 0
@@ -113,7 +121,8 @@ class DataDrivenStrategy(Strategy):
     def learn(self, context: "LearnContext", start: Tensor, start_bias: Tensor | None, options: Any) -> Learned:
         """Rows for one side, learned from ``context`` (what ``needs`` declares), starting from ``start`` [k, d]
         (and ``start_bias`` [k] on an output side with a bias). For the output side, context.input_rows holds
-        the final input rows. ``options`` is an instance of options_class (or None)."""
+        the final input rows; a shared-row strategy (sides ("input", "output")) sets them itself. ``options``
+        is an instance of options_class (or None)."""
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -134,8 +143,9 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     if issubclass(cls, DataDrivenStrategy):
         if not cls.needs <= NEEDS:
             raise ValueError(f"{cls.__name__}.needs may name only {sorted(NEEDS)}, got {sorted(cls.needs)}")
-        if len(cls.sides) != 1:
-            raise ValueError(f"a data-driven strategy learns one side's rows; {cls.__name__}.sides is {cls.sides}")
+        if tuple(cls.sides) not in DATA_DRIVEN_SIDES:
+            raise ValueError(f"a data-driven strategy learns one side's rows, or the shared row of a tied model "
+                             f"(sides ('input', 'output')); {cls.__name__}.sides is {cls.sides}")
     STRATEGIES[name] = cls
     return cls
 

@@ -105,6 +105,12 @@ class Distiller:
         full_mask = torch.cat([batch.prefix_mask, mask], 1)
         return layer_states(self.model, embeds, full_mask, positions, copy.deepcopy(batch.cache))
 
+    def final_states(self, rows: Tensor, index: int) -> Tensor:
+        """The head's input [B, T, d] (float32) on batch ``index``'s student tails, reading new input rows [k, d]
+        (joint scores the next tokens with it)."""
+        batch = self.batches[index]
+        return self._tail_states(batch, [w.student for w in batch.windows], rows)[-1].to(torch.float32)
+
     @torch.no_grad()
     def _teacher(self, batch: Batch) -> list[Tensor]:
         states = self._tail_states(batch, [w.teacher for w in batch.windows], None)

@@ -15,7 +15,7 @@ Left out: sampling and running the model (learning/), writing rows (resize.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 
 if TYPE_CHECKING:
     from ...learning.context import LearnContext
+    from .solve import FitData
 
 
 @dataclass(frozen=True)
@@ -55,26 +56,49 @@ class Fit(DataDrivenStrategy):
 
     def learn(self, context: "LearnContext", start: Tensor, start_bias: Tensor | None, options: FitOptions) -> Learned:
         from ...heads import softcap
-        from .solve import SOLVE_MAX_POSITIONS, FitData, fit_rows, thinned
+        from .solve import fit_rows
 
-        states = context.states()
-        n_old = context.n_old
-        kept = states.weight > 0
-        data = FitData(hidden=states.stats.hidden, log_z=states.stats.log_z,
-                       target=torch.where(states.stats.target >= n_old, states.stats.target - n_old, -1),
-                       target_logit=torch.nan_to_num(states.stats.target_logit, nan=0.0),
-                       weight=states.weight).select(kept)
-        is_cal = states.calibration[kept]
-        positions = int(kept.sum())
-        data, is_cal = thinned(data, is_cal, SOLVE_MAX_POSITIONS, context.config.seed)
+        cached = cached_positions(context)
+        data, is_cal = cached.data, cached.calibration
         if start_bias is not None:
             data, start = data.with_bias_column(), torch.cat([start, start_bias.unsqueeze(1)], 1)
-        free = context.sample().occurrences(calibration=False) >= max(1, context.config.sampling.min_occurrences)
-        result = fit_rows(data.select(~is_cal), data.select(is_cal), start, start.clone(), free=free,
+        result = fit_rows(data.select(~is_cal), data.select(is_cal), start, start.clone(), free=cached.free,
                           reg=options.reg, cap=softcap(context.model), progress=context.progress)
-        result.report.update({"positions": positions, "solved_positions": int(data.hidden.shape[0]),
-                              "calibration_positions": int(is_cal.sum()),
-                              "fallback_words": [w for w, f in zip(context.words, free.tolist()) if not f]})
+        result.report.update(cached.facts(context.words))
         d = start.shape[1] - (1 if start_bias is not None else 0)
         bias = result.rows[:, d] if start_bias is not None else None
         return Learned(result.rows[:, :d].contiguous(), bias, result.report)
+
+
+@dataclass
+class CachedPositions:
+    """The positions a fit solves on: data (solve.FitData), calibration [P] bool, free [k] (words seen often
+    enough to fit; the others keep their starting rows), positions: weighted positions before thinning."""
+
+    data: "FitData"
+    calibration: Tensor
+    free: Tensor
+    positions: int
+
+    def facts(self, words: list[str]) -> dict[str, Any]:
+        """What the report says about the positions."""
+        return {"positions": self.positions, "solved_positions": int(self.data.hidden.shape[0]),
+                "calibration_positions": int(self.calibration.sum()),
+                "fallback_words": [w for w, f in zip(words, self.free.tolist()) if not f]}
+
+
+def cached_positions(context: "LearnContext") -> CachedPositions:
+    """The context's cached states (computed with context.input_rows) as fit data: targets as new-token
+    indices, weighted positions only, thinned to solve.SOLVE_MAX_POSITIONS (shared by fit and joint)."""
+    from .solve import SOLVE_MAX_POSITIONS, FitData, thinned
+
+    states = context.states()
+    n_old = context.n_old
+    kept = states.weight > 0
+    data = FitData(hidden=states.stats.hidden, log_z=states.stats.log_z,
+                   target=torch.where(states.stats.target >= n_old, states.stats.target - n_old, -1),
+                   target_logit=torch.nan_to_num(states.stats.target_logit, nan=0.0),
+                   weight=states.weight).select(kept)
+    data, is_cal = thinned(data, states.calibration[kept], SOLVE_MAX_POSITIONS, context.config.seed)
+    free = context.sample().occurrences(calibration=False) >= max(1, context.config.sampling.min_occurrences)
+    return CachedPositions(data, is_cal, free, int(kept.sum()))

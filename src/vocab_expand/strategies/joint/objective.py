@@ -1,0 +1,145 @@
+"""The `joint` strategy's maths: one row per new word that is both its input and its output row.
+
+For new rows E [k, d] of a tied model, with A the distilled rows (the minimizer of the input signal: the model
+reading e_w reproduces its states on the word's old pieces; Token Distillation, Dobler et al. 2026) and mu the
+mean row (Hewitt 2021), the joint objective is
+
+    J(E) = w_out * [CE(E) + reg/2 sum_j |e_j - mu|^2] + w_in/2 sum_j |e_j - a_j|^2
+
+where CE(E) is `fit`'s weighted cross-entropy of the expanded model on cached states (fit/solve.py) and the
+second term is a quadratic model of the distillation loss around its minimizer A. The two pulls add up to one:
+J / w_out = CE(E) + s/2 |E - c|^2 + const with s = reg + w_in / w_out and c = (reg mu + (w_in / w_out) A) / s,
+so J is convex and solved exactly by fit's L-BFGS (solve_rows). w_in = 0 gives `fit`; w_out = 0 gives A.
+
+The trade-off w_in is chosen on the calibration slice by what the tied model actually loses there, in nats per
+position: CE on the cached calibration states (the output signal) plus, on calibration occurrence windows, the
+change in the next tokens' loss when the model reads E instead of A (the input signal, with E also in the head).
+
+Left out: running the model for the cached states (learning/), the distillation itself (strategies/distill/).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ...heads import head_logits
+from ..distill.maths import Distiller
+from ..fit.solve import PATH_MAX_ITER, FitData, mean_nll, objective, solve_rows
+
+# Input weights tried, strongest first (the distilled rows themselves come before them, 0 = `fit` after them);
+# each solve starts from the previous one's rows, like fit's REG_PATH.
+INPUT_WEIGHT_PATH = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+# Calibration windows scored for the input signal: each costs a few positions x vocabulary logits per try.
+MAX_CALIBRATION_WINDOWS = 256
+
+
+def pull(mean_row: Tensor, anchor: Tensor, reg: float, ratio: float) -> tuple[Tensor, float]:
+    """(center [k, d], strength) of the one L2 pull equal to reg/2 |E - mu|^2 + ratio/2 |E - A|^2 up to a
+    constant, ratio = w_in / w_out. E.g. reg 1, ratio 1: center (mu + A) / 2, strength 2."""
+    if ratio == 0:  # exactly fit's pull, so that w_in = 0 gives fit's rows bit for bit
+        return mean_row, reg
+    strength = reg + ratio
+    return (reg * mean_row + ratio * anchor) / strength, strength
+
+
+def joint_objective(rows: Tensor, data: FitData, mean_row: Tensor, anchor: Tensor, reg: float, input_weight: float,
+                    output_weight: float, cap: float | None = None) -> Tensor:
+    """J(E) (0-d tensor), as solve_joint minimizes it."""
+    return (output_weight * objective(rows, data, mean_row, reg, cap)
+            + 0.5 * input_weight * (rows - anchor).pow(2).sum())
+
+
+def solve_joint(data: FitData, start: Tensor, mean_row: Tensor, anchor: Tensor, reg: float, ratio: float, *,
+                free: Tensor, cap: float | None, max_iter: int) -> Tensor:
+    """argmin_E J(E) [k, d] for ratio = w_in / w_out (math.inf: the anchor rows); rows not ``free`` stay at
+    ``start``."""
+    if math.isinf(ratio):
+        return torch.where(free.unsqueeze(1), anchor, start)
+    center, strength = pull(mean_row, anchor, reg, ratio)
+    return solve_rows(data, start, center, strength, free=free, cap=cap, max_iter=max_iter)
+
+
+def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor: Tensor, reg: float, *,
+                        free: Tensor, cap: float | None, score: Callable[[Tensor], float]
+                        ) -> tuple[float, Tensor, list[dict[str, float | str]]]:
+    """(w_in / w_out, its rows, the path): the distilled rows, then INPUT_WEIGHT_PATH with warm starts until
+    the calibration ``score`` (nats per position) has risen twice; the lowest score wins."""
+    rows = solve_joint(train, start, mean_row, anchor, reg, math.inf, free=free, cap=cap, max_iter=0)
+    path: list[dict[str, float | str]] = [{"input_weight": "inf", "calibration_nats": score(rows)}]
+    best = (path[0]["calibration_nats"], math.inf, rows)
+    for ratio in INPUT_WEIGHT_PATH:
+        rows = solve_joint(train, rows, mean_row, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER)
+        value = score(rows)
+        path.append({"input_weight": ratio, "calibration_nats": value})
+        if value < best[0]:
+            best = (value, ratio, rows)
+        elif len(path) > 2 and path[-3]["calibration_nats"] < path[-2]["calibration_nats"] < value:
+            break  # risen twice: weaker pulls toward the distilled row only lose more on the input side
+    return best[1], best[2], path
+
+
+class CalibrationLoss:
+    """What the tied model loses on the calibration slice with new rows E, in nats per position: the output
+    signal on cached calibration states (read with the anchor rows), plus the input signal measured on
+    calibration windows, sum_w omega_w [nll(read E) - nll(read A)] of the tokens after the word, both with E
+    in the head. omega_w: the word's weighted calibration occurrences over its scored windows, so the windows
+    stand for every calibration occurrence of their word."""
+
+    def __init__(self, model: nn.Module, calibration: FitData, windows: list, anchor: Tensor, n_old: int,
+                 cap: float | None, seed: int):
+        self.model, self.calibration, self.cap, self.n_old = model, calibration, cap, n_old
+        windows = _at_most(windows, MAX_CALIBRATION_WINDOWS, seed)
+        self.distiller = Distiller(model, windows, n_old) if windows else None
+        k = anchor.shape[0]
+        occurrences = torch.zeros(k).index_add_(0, calibration.target.clamp_min(0),
+                                                calibration.weight * (calibration.target >= 0))
+        scored = torch.bincount(torch.tensor([w.word for w in windows], dtype=torch.long), minlength=k)
+        self.omega = occurrences / scored.clamp_min(1) / calibration.weight.sum()
+        self.read_anchor = [self._states(anchor, i) for i in range(self._batches())]
+        old = model.get_output_embeddings()
+        self.old_rows = old.weight[:n_old].detach().to(torch.float32)
+        self.old_bias = old.bias[:n_old].detach().to(torch.float32) if getattr(old, "bias", None) is not None else None
+
+    def _batches(self) -> int:
+        return len(self.distiller.batches) if self.distiller else 0
+
+    def _states(self, rows: Tensor, index: int) -> Tensor:
+        return self.distiller.final_states(rows, index)
+
+    def input_nats(self, rows: Tensor) -> float:
+        """sum_w omega_w [nll(read rows) - nll(read anchor)], head with ``rows`` in both."""
+        total = 0.0
+        for i in range(self._batches()):
+            windows = self.distiller.batches[i].windows
+            change = self._tail_nll(self._states(rows, i), windows, rows) - self._tail_nll(self.read_anchor[i], windows, rows)
+            total += float((self.omega[[w.word for w in windows]] * change).sum())
+        return total
+
+    def _tail_nll(self, states: Tensor, windows: list, rows: Tensor) -> Tensor:
+        """[B] summed -log p of each window's tokens after the word, from the head's input ``states`` [B, T, d]."""
+        at = [(b, p) for b, w in enumerate(windows) for p in range(len(w.student) - 1)]
+        if not at:
+            return torch.zeros(len(windows))
+        owner, position = (torch.tensor(c) for c in zip(*at))
+        hidden = states[owner, position]
+        old = head_logits(self.model, hidden, self.old_rows, self.old_bias)
+        new = head_logits(self.model, hidden, rows)
+        target = torch.tensor([windows[b].student[p + 1] for b, p in at])
+        nll = torch.logaddexp(old.logsumexp(1), new.logsumexp(1)) - old.gather(1, target[:, None]).squeeze(1)
+        return torch.zeros(len(windows)).index_add_(0, owner, nll)
+
+    @torch.no_grad()
+    def __call__(self, rows: Tensor) -> float:
+        return mean_nll(rows, self.calibration, self.cap) + self.input_nats(rows)
+
+
+def _at_most(windows: list, limit: int, seed: int) -> list:
+    """At most ``limit`` windows, a seeded random subset in the original order."""
+    if len(windows) <= limit:
+        return windows
+    keep = torch.randperm(len(windows), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return [windows[i] for i in keep.tolist()]

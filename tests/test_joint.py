@@ -1,0 +1,144 @@
+"""`joint`, the shared row of a tied model: the model stays tied through expansion, save and reload and grows by
+exactly k x d parameters; the joint objective goes down where it is solved; its two weights at 0 give back
+fit's and distill's rows; the same seed gives the same bytes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import TINY_TEXT, make_model
+from transformers import AutoModelForCausalLM
+
+from vocab_expand import expand
+from vocab_expand.corpus import Corpus
+from vocab_expand.strategies.fit.solve import FitData, objective
+from vocab_expand.strategies.joint import JointOptions
+from vocab_expand.strategies.joint.objective import joint_objective, pull, solve_joint
+
+WORDS = ["Jehoshaphat", "prophets", "Tokyo"]
+TRAIN = [t for t in TINY_TEXT for _ in range(12)] + [
+    f"And Jehoshaphat sent {i} of the prophets unto the king in Tokyo." for i in range(40)]
+CORPUS = Corpus("tiny", train=TRAIN, heldout=TINY_TEXT[:2])
+FAST = dict(fit_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
+
+
+def joint_options(**weights: float) -> dict:
+    return {"strategy_options": {"joint": JointOptions(**weights)}}
+
+
+@pytest.fixture(scope="module")
+def tied_expansion(tiny_tokenizer):
+    model = make_model("tied", len(tiny_tokenizer))
+    return model, expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **FAST)
+
+
+def test_a_tied_model_stays_tied_and_grows_by_k_times_d(tied_expansion, tmp_path):
+    model, result = tied_expansion
+    report = result.report
+    assert report["tied"] and (report["input_strategy"], report["output_strategy"]) == ("joint", "joint")
+    k, d = len(result.new_token_ids), model.get_input_embeddings().weight.shape[1]
+    assert k == 3 and report["parameters_added"] == k * d
+    assert report["parameters_before"] == sum(p.numel() for p in model.parameters())
+    expanded = result.model
+    assert expanded.get_output_embeddings().weight is expanded.get_input_embeddings().weight
+    result.save(tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+    assert sum(p.numel() for p in reloaded.parameters()) == report["parameters_after"]
+    torch.testing.assert_close(reloaded.get_input_embeddings().weight, expanded.get_input_embeddings().weight,
+                               rtol=0, atol=0)
+    n = model.get_input_embeddings().weight.shape[0]  # old rows bit for bit
+    assert torch.equal(expanded.get_input_embeddings().weight[:n], model.get_input_embeddings().weight)
+
+
+def test_the_trade_off_is_chosen_on_the_calibration_slice(tied_expansion):
+    _, result = tied_expansion
+    joint = result.report["data_driven"]["joint"]
+    path = joint["input_weight_path"]
+    assert path[0]["input_weight"] == "inf" and len(path) >= 3  # the distilled rows, then the path
+    best = min(path, key=lambda p: p["calibration_nats"])
+    assert joint["input_weight"] == best["input_weight"]
+    assert all(math.isfinite(p["calibration_nats"]) for p in path)
+
+
+def random_problem(seed: int, positions: int = 300, k: int = 3, d: int = 5) -> FitData:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.where(torch.rand(positions, generator=g) < 0.3, torch.randint(0, k, (positions,), generator=g), -1)
+    return FitData(torch.randn(positions, d, generator=g), torch.randn(positions, generator=g) + 3.0, target,
+                   torch.randn(positions, generator=g), torch.rand(positions, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (0.05, 1.0), (2.0, 0.5)])
+def test_the_joint_objective_goes_down_to_its_minimum(weights):
+    w_in, w_out = weights
+    data = random_problem(0)
+    g = torch.Generator().manual_seed(1)
+    mean, anchor = torch.randn(1, 5, generator=g).expand(3, 5).clone(), torch.randn(3, 5, generator=g)
+    free = torch.ones(3, dtype=torch.bool)
+    rows = solve_joint(data, mean, mean, anchor, 1e-2, w_in / w_out, free=free, cap=None, max_iter=200)
+
+    def J(e: torch.Tensor) -> torch.Tensor:
+        return joint_objective(e, data, mean, anchor, 1e-2, w_in, w_out)
+
+    found = J(rows).item()
+    assert found < min(J(mean).item(), J(anchor).item()) - 1e-4
+    param = rows.clone().requires_grad_(True)
+    J(param).backward()
+    assert param.grad.norm() < 1e-3  # a stationary point of J itself, not only of the combined pull
+    for step in range(10):  # and no nearby point is lower (J is convex)
+        nudge = 1e-2 * torch.randn(3, 5, generator=torch.Generator().manual_seed(step))
+        assert J(rows + nudge).item() >= found - 1e-7
+
+
+def test_the_combined_pull_equals_the_two_pulls():
+    g = torch.Generator().manual_seed(0)
+    mean, anchor, rows = (torch.randn(3, 5, generator=g) for _ in range(3))
+    center, strength = pull(mean, anchor, 0.3, 0.7)
+    both = 0.3 * (rows - mean).pow(2).sum() + 0.7 * (rows - anchor).pow(2).sum()
+    one = strength * (rows - center).pow(2).sum()
+    constant = 0.3 * (center - mean).pow(2).sum() + 0.7 * (center - anchor).pow(2).sum()
+    torch.testing.assert_close(both, one + constant)
+    data = random_problem(2)
+    assert torch.equal(pull(mean, anchor, 0.3, 0.0)[0], mean)
+    torch.testing.assert_close(objective(rows, data, center, strength) + 0.5 * constant,
+                               joint_objective(rows, data, mean, anchor, 0.3, 0.7, 1.0))
+
+
+def test_input_weight_0_is_fit_and_output_weight_0_is_distill_on_the_shared_row(tiny_tokenizer):
+    """Untied distill/fit learns the same signals apart: its head rows are fit's rows on states read with the
+    distilled rows, its input rows are distill's. joint with one weight at 0 shares exactly those rows."""
+    model = make_model("tied", len(tiny_tokenizer))
+    apart = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, tie_policy="untie", **FAST)
+    ids = apart.new_token_ids
+    fit_only = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **joint_options(input_weight=0.0), **FAST)
+    distill_only = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **joint_options(output_weight=0.0), **FAST)
+    assert fit_only.report["tied"] and distill_only.report["tied"]
+    assert torch.equal(fit_only.model.get_input_embeddings().weight[ids], apart.model.get_output_embeddings().weight[ids])
+    assert torch.equal(distill_only.model.get_input_embeddings().weight[ids], apart.model.get_input_embeddings().weight[ids])
+    assert not torch.allclose(fit_only.model.get_input_embeddings().weight[ids],
+                              distill_only.model.get_input_embeddings().weight[ids])
+
+
+def test_same_seed_same_bytes_and_another_seed_differs(tied_expansion, tiny_tokenizer):
+    model, first = tied_expansion
+    again = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **FAST)
+    ids = first.new_token_ids
+    assert torch.equal(first.model.get_input_embeddings().weight[ids], again.model.get_input_embeddings().weight[ids])
+    other = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, seed=1, **FAST)
+    assert not torch.equal(first.model.get_input_embeddings().weight[ids], other.model.get_input_embeddings().weight[ids])
+
+
+def test_clear_errors(tiny_tokenizer):
+    untied = make_model("untied", len(tiny_tokenizer))
+    with pytest.raises(ValueError, match="shared row of a tied model"):
+        expand(untied, tiny_tokenizer, WORDS, input_init="joint", output_init="joint", corpus=CORPUS, **FAST)
+    tied = make_model("tied", len(tiny_tokenizer))
+    with pytest.raises(ValueError, match="corpus="):
+        expand(tied, tiny_tokenizer, WORDS, input_init="joint", output_init="joint")
+    with pytest.raises(ValueError, match="joint_input_weight"):
+        JointOptions(input_weight=-1.0)
+    with pytest.raises(ValueError, match="both be 0"):
+        JointOptions(input_weight=0.0, output_weight=0.0)
+    assert not expand(tied, tiny_tokenizer, WORDS, tie_policy="untie", corpus=CORPUS, **FAST).report["tied"]
