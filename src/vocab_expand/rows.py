@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import resize
-from .config import AUTO, SHARED_WITH_TEXT, ExpandConfig
+from .config import AUTO, AUTO_WITH_TEXT, SHARED_WITH_TEXT, ExpandConfig
 from .errors import InvalidInputError
 from .learning.orchestrate import StartRows, learn_rows
 from .planning import TokenPlan
@@ -43,12 +43,22 @@ def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], c
 
 def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
     """A tied model stays tied unless its two strategies differ and tie_policy is "untie". With "auto" it stays
-    tied even when a strategy learns from text: the shared row is then learned by `joint` (Hewitt's point
-    that the output row decides safety holds, and users do not expect 100 words to add a head copy)."""
+    tied when a strategy learns from text too, if that is distill or fit: the shared row is then learned by
+    `joint` from both signals (the output row decides safety, Hewitt; and users do not expect 100 words to add a
+    head copy). Another one-sided strategy that learns from text (a plug-in) unties, as its rows only make
+    sense on their own side."""
     config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
     if not layout.tied or config.input_init == config.output_init:
         return layout.tied
+    if config.tie_policy == AUTO:
+        return not _one_sided_learners(config)
     return config.tie_policy != "untie"
+
+
+def _one_sided_learners(config: ExpandConfig) -> list[Strategy]:
+    """The pair's strategies that learn one side's rows from text and that `joint` does not stand in for."""
+    pair = get_strategy(config.input_init), get_strategy(config.output_init)
+    return [s for s in pair if s.needs_corpus and not _shares_row(s) and s.name not in AUTO_WITH_TEXT]
 
 
 def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
