@@ -15,6 +15,7 @@ Deliberately left out: anything about loading, diagnosis or training; those have
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal, get_args
 
@@ -158,7 +159,7 @@ class ExpandConfig:
         check_choice("kind", self.kind, TOKEN_KINDS)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InvalidTypeError(f"seed must be an int, got {self.seed!r}")
-        routed = {name: value for name, value in zip(ALIASES, given) if value is not UNSET}
+        routed = {name: value for name, value in zip(_ALIAS_ARGS, given) if value is not UNSET}
         if routed:
             self._route(routed)
         for name, options in self.strategy_options.items():
@@ -216,6 +217,9 @@ def _alias_property(name: str) -> property:
     read.__doc__ = f"Alias of {place}.{attribute}."
     return property(read)
 
+
+# The InitVar aliases in the order dataclasses passes them to __post_init__ (their order in the class body).
+_ALIAS_ARGS = [name for name in inspect.signature(ExpandConfig.__init__).parameters if name in ALIASES]
 
 for _name in ALIASES:  # read access to the flat names (the InitVar defaults above are only for __init__)
     setattr(ExpandConfig, _name, _alias_property(_name))

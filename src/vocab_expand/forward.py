@@ -127,13 +127,16 @@ def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=
     valid = mask[:, 1:].bool()
     target = ids[:, 1:]
     on_device = valid.to(logits.device)
-    old = logits[..., :n_old][on_device].to(torch.float32)  # [positions, n_old], kept positions only
+    old = logits[..., :n_old]  # a view: a float32 model's reductions never copy the [tokens x vocabulary] logits
+    if old.dtype != torch.float32:  # half precision: reduce in float32 (a bf16 log Z is off by up to 0.07 nats)
+        old = old.float()
     is_old = target[valid] < n_old
-    target_logit = old.gather(1, target[valid].clamp_max(n_old - 1).to(old.device).unsqueeze(1)).squeeze(1).cpu()
+    clamped = target.clamp_max(n_old - 1).to(old.device).unsqueeze(2)
+    target_logit = old.gather(2, clamped).squeeze(2)[on_device].cpu()
     return PassStats(
         hidden=captured[-1][valid.to(captured[-1].device)].to(torch.float32).cpu(),
-        log_z=torch.logsumexp(old, dim=-1).cpu(),
-        max_logit=old.max(dim=-1).values.cpu(),
+        log_z=torch.logsumexp(old, dim=-1)[on_device].cpu(),
+        max_logit=old.max(dim=-1).values[on_device].cpu(),
         target=target[valid],
         target_logit=torch.where(is_old, target_logit, torch.full_like(target_logit, math.nan)),
         doc=torch.tensor(group).unsqueeze(1).expand_as(valid)[valid],

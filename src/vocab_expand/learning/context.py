@@ -29,6 +29,7 @@ from .windows import Window, windows_in
 
 if TYPE_CHECKING:
     from ..planning import TokenPlan
+    from ..strategies import DataDrivenStrategy, Learned
 
 
 @dataclass
@@ -73,6 +74,20 @@ class LearnContext:
     @property
     def start_id(self) -> int:
         return start_token_id(self.plan.tokenizer)
+
+    def learned(self, strategy: "DataDrivenStrategy", start: Tensor, bias: Tensor | None = None, *,
+                cached: bool = True) -> "Learned":
+        """strategy.learn on a view of this context with the strategy's options. With ``cached``, the result is
+        kept in ``cache`` by strategy, options and sample (it must not depend on the other side), so a diagnosis,
+        or `joint` reusing distill's rows, learns it once."""
+        options = self.config.options_for(strategy.name)
+        key = ("learned", strategy.name, options, self.sample_key())
+        if cached and key in self.cache:
+            return self.cache[key]
+        result = strategy.learn(self.for_strategy(strategy.needs), start, bias, options)
+        if cached:
+            self.cache[key] = result
+        return result
 
     def for_strategy(self, needs: frozenset[str]) -> "LearnContext":
         """A view of this context for a strategy that declared ``needs`` (the computed data is shared)."""

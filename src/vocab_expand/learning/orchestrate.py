@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..config import ExpandConfig
 from ..corpus import Corpus
 from ..planning import TokenPlan
-from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Learned, Strategy, get_strategy
+from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Strategy, get_strategy
 from .context import LearnContext
 
 
@@ -43,32 +43,18 @@ def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: 
     details: dict[str, Any] = {}
     rows = start
     if isinstance(inp, DataDrivenStrategy) and inp.shares_row():
-        learned = _learn(inp, context, start.input, None, cache)  # one row: the model is tied (check_strategies)
+        learned = context.learned(inp, start.input)  # one row: the model is tied (check_strategies)
         details = {"sample": sample_facts(context), inp.name: learned.report}
         return rows._replace(input=learned.rows), details
     if isinstance(inp, DataDrivenStrategy):
-        learned = _learn(inp, context, start.input, None, cache)
+        learned = context.learned(inp, start.input)
         rows, details[inp.name] = rows._replace(input=learned.rows), learned.report
     context.input_rows = rows.input
     if isinstance(out, DataDrivenStrategy) and start.output is not None:
-        learned = _learn(out, context, start.output, start.bias, None)
+        learned = context.learned(out, start.output, start.bias, cached=False)  # depends on the input rows
         rows, details[out.name] = rows._replace(output=learned.rows, bias=learned.bias), learned.report
     details = {"sample": sample_facts(context), **details}
     return rows, details
-
-
-def _learn(strategy: DataDrivenStrategy, context: LearnContext, start: Tensor, bias: Tensor | None,
-           cache: dict | None) -> Learned:
-    """strategy.learn on a view of the context; cached in ``cache`` (input side: the result does not depend on
-    the other side) by strategy, options and sample."""
-    options = context.config.options_for(strategy.name)
-    key = ("learned", strategy.name, options, context.sample_key())
-    if cache is not None and key in cache:
-        return cache[key]
-    learned = strategy.learn(context.for_strategy(strategy.needs), start, bias, options)
-    if cache is not None:
-        cache[key] = learned
-    return learned
 
 
 def sample_tail(config: ExpandConfig) -> int:

@@ -34,7 +34,6 @@ from ...options import opt
 from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 from ..distill import Distill
 from ..fit import cached_positions
-from ..subword import Subword
 
 if TYPE_CHECKING:
     from ...learning.context import LearnContext
@@ -88,15 +87,11 @@ class Joint(DataDrivenStrategy):
 
 def distilled_rows(context: "LearnContext") -> tuple[Tensor, dict[str, Any]]:
     """(rows [k, d], report) of `distill` from subword rows: the input signal's minimizer. Kept in the shared
-    cache under the key the orchestration gives distill's own rows, so a diagnosis distils once."""
-    options = context.config.options_for(Distill.name)
-    key = ("learned", Distill.name, options, context.sample_key())
-    if key not in context.cache:
-        weight = context.model.get_input_embeddings().weight.data
-        request = RowRequest(pieces=context.plan.pieces, reference_rows=context.n_old,
-                             generator=torch.Generator().manual_seed(context.config.seed))
-        context.cache[key] = Distill().learn(context, Subword().rows(weight, request), None, options)
-    learned = context.cache[key]
+    cache (LearnContext.learned), as distill's own rows are, so a diagnosis distils once."""
+    weight = context.model.get_input_embeddings().weight.data
+    request = RowRequest(pieces=context.plan.pieces, reference_rows=context.n_old,
+                         generator=torch.Generator().manual_seed(context.config.seed))
+    learned = context.learned(Distill(), Distill().rows(weight, request))
     return learned.rows, learned.report
 
 
