@@ -33,17 +33,23 @@ def peak_rss_mb() -> float:
 
 
 def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True,
-        options: dict | None = None, untied: list[str] | None = None) -> dict:
+        options: dict | None = None, untied: list[str] | None = None, cost_only: bool = False) -> dict:
     options = options or {}
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
+    if cost_only:  # the two timed expands alone, side by side on a quiet machine
+        return {"model": model_name, "words": len(words),
+                "cost": {"untie": timed_expand(model, tokenizer, words, corpus, {**options, "tie_policy": "untie"}),
+                         "auto": timed_expand(model, tokenizer, words, corpus, options)}}
     cost = {"default": timed_expand(model, tokenizer, words, corpus, options),
             "untie": timed_expand(model, tokenizer, words, corpus, {**options, "tie_policy": "untie"})} if timing else None
-    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False, **options)
+    learned: dict = {}  # the tied and untied diagnoses share the sample, cached states and distilled rows
+    found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False,
+                     learned_cache=learned, **options)
     rows = {name: _row(row) for name, row in found.strategies.items()}
     if untied:
         apart = diagnose(model, tokenizer, words, corpus, untied, max_tokens=max_tokens, generate=False,
-                         **{**options, "tie_policy": "untie"})
+                         learned_cache=learned, **{**options, "tie_policy": "untie"})
         rows.update({f"{name} (untied)": _row(row) for name, row in apart.strategies.items()})
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
@@ -82,9 +88,9 @@ def _learn_seconds(details: dict) -> float | None:
 def timed_expand(model, tokenizer, words: list[str], corpus, options: dict) -> dict:
     """Wall time, steps, parameters and peak memory of a plain expand(..., corpus=...) with ``options``."""
     rss_before = peak_rss_mb()
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     result = expand(model, tokenizer, words, corpus=corpus, progress=True, **options)
-    seconds = time.perf_counter() - began
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - cpu_began
     report = result.report
     details = report["data_driven"]
     joint = details.get("joint")
@@ -96,6 +102,7 @@ def timed_expand(model, tokenizer, words: list[str], corpus, options: dict) -> d
         "parameters_before": report["parameters_before"],
         "parameters_added": report["parameters_added"],
         "expand_seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "distill_seconds": distill.get("seconds"),
         "fit_solve_seconds": None if joint else solve["seconds"],
         # joint: the states pass, the reg and input-weight paths and the final solve (distill's time excluded)
@@ -120,6 +127,8 @@ def main() -> None:
     parser.add_argument("--untied", default=",".join(UNTIED),
                         help="pairs diagnosed again with tie_policy='untie' ('' for none)")
     parser.add_argument("--no-timing", action="store_true", help="skip the timed expands (rows are computed in diagnose)")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only the timed expands (untie, then the default), no diagnosis")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
@@ -128,15 +137,18 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
-                   options=options, untied=[s for s in args.untied.split(",") if s])
+                   options=options, untied=[s for s in args.untied.split(",") if s], cost_only=args.cost_only)
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:
-        print(f"{r['model']} k={r['k']}: bpc before {r['bpc_before']:.4f}")
+        print(f"{r['model']} words={r['words']}" + (f": bpc before {r['bpc_before']:.4f}" if "bpc_before" in r else ""))
         for policy, c in (r["cost"] or {}).items():
-            print(f"  expand ({policy}: {c['strategies']}, tied {c['tied']}): {c['expand_seconds']:.0f} s, "
-                  f"+{c['parameters_added']:,} parameters")
-        for name, row in sorted(r["strategies"].items(), key=lambda kv: kv[1]["bpc_after"]):
+            print(f"  expand ({policy}: {c['strategies']}, tied {c['tied']}): {c['expand_seconds']:.0f} s wall, "
+                  f"{c['cpu_seconds']:.0f} s CPU, +{c['parameters_added']:,} parameters")
+        if r["cost"] and len(r["cost"]) == 2:
+            print(f"  default / untie: {r['cost']['auto']['expand_seconds'] / r['cost']['untie']['expand_seconds']:.2f}x wall, "
+                  f"{r['cost']['auto']['cpu_seconds'] / r['cost']['untie']['cpu_seconds']:.2f}x CPU")
+        for name, row in sorted(r.get("strategies", {}).items(), key=lambda kv: kv[1]["bpc_after"]):
             print(f"  {name:22s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")
 

@@ -94,3 +94,95 @@ def test_the_pipeline_on_cuda(dtype, tiny_tokenizer, tmp_path):
     figures = pipeline(model, tiny_tokenizer, tmp_path)
     cpu = pipeline(make_model("untied", len(tiny_tokenizer)).to(dtype), tiny_tokenizer, tmp_path / "cpu")
     assert figures["diagnosis"]["bpc_before"] == pytest.approx(cpu["diagnosis"]["bpc_before"], rel=1e-2)
+
+
+# --- where the model is loaded: load_model's device, dtype and device_map, and the CLI flags -------------------
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer):
+    path = tmp_path / "tiny-model"
+    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_auto_placement_is_float32_on_the_cpu_without_a_gpu():
+    from vocab_expand.loading import resolve_device, resolve_dtype
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "tpu", "mps", "banana"])
+def test_a_device_torch_cannot_use_is_one_clear_error(device):
+    from vocab_expand.loading import resolve_device
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 3:
+        pytest.skip("this machine has the GPU")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(ve.InvalidInputError, match="device"):
+        resolve_device(device)
+
+
+def test_an_unknown_dtype_is_one_clear_error():
+    from vocab_expand.loading import resolve_dtype
+
+    with pytest.raises(ve.InvalidInputError, match="dtype 'int8'"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_load_model_in_bfloat16_keeps_it_through_expansion_and_save(model_dir, tmp_path):
+    from safetensors import safe_open
+
+    model, tokenizer = ve.load_model(model_dir, dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    result = ve.expand(model, tokenizer, WORDS, corpus=CORPUS, **FAST)
+    result.save(tmp_path / "out")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"BF16"}
+    reloaded, _ = ve.load_model(tmp_path / "out", dtype="bfloat16")
+    assert reloaded.get_input_embeddings().weight.shape[0] == len(tokenizer) + len(result.new_tokens)
+
+
+@pytest.mark.parametrize("device_map", ["auto", "cpu+disk"])
+def test_load_model_with_a_device_map_expands_like_the_plain_model(device_map, model_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("VOCAB_EXPAND_CACHE", str(tmp_path / "cache"))  # the offload folder lives there
+    plain, tokenizer = ve.load_model(model_dir)
+    if device_map == "cpu+disk":  # one layer on disk, as for a model larger than its devices
+        device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                      "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched, _ = ve.load_model(model_dir, device_map=device_map)
+    if isinstance(device_map, dict):
+        assert dispatched.hf_device_map["model.layers.1"] == "disk"
+    a = ve.expand(plain, tokenizer, WORDS, corpus=CORPUS, **FAST)
+    b = ve.expand(dispatched, tokenizer, WORDS, corpus=CORPUS, **FAST)
+    n = len(tokenizer)
+    torch.testing.assert_close(b.model.get_input_embeddings().weight[n:].cpu(),
+                               a.model.get_input_embeddings().weight[n:])
+
+
+def test_the_cli_loads_in_the_dtype_asked_and_refuses_a_missing_gpu_before_any_work(model_dir, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from vocab_expand.cli import main
+
+    out = tmp_path / "out"
+    assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--dtype", "bfloat16",
+                 "-o", str(out)]) == 0, capsys.readouterr().err
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"BF16"}
+    if torch.cuda.is_available():
+        return
+    for command in (["expand", "--word", "Jehoshaphat"], ["diagnose", "--word", "Jehoshaphat"],
+                    ["compare", "--word", "Jehoshaphat"], ["demo"]):
+        target = tmp_path / f"refused-{command[0]}"
+        capsys.readouterr()
+        assert main([*command, "--model", str(model_dir), "--device", "cuda", "-o", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no CUDA GPU" in err, err
+        assert not target.exists()

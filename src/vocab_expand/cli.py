@@ -92,6 +92,31 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_args(parser: argparse.ArgumentParser) -> None:
+    """--device, --dtype and --device-map, for every command that loads a model."""
+    from .loading import DEVICE_CHOICES, DTYPE_CHOICES
+
+    group = parser.add_argument_group("where the model runs")
+    group.add_argument("--device", default="auto", metavar="|".join(DEVICE_CHOICES),
+                       help="auto: CUDA when available, else the CPU (default: %(default)s)")
+    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                       help="the weights' dtype; auto: bfloat16 on a GPU that supports it, float32 on the CPU. "
+                            "Statistics and solves are computed in float32 whatever it is (default: %(default)s)")
+    group.add_argument("--device-map", choices=("auto",), default=None,
+                       help="auto: spread a model larger than one device over every GPU, then the CPU, then disk "
+                            "(Accelerate's big-model dispatch); --device is then not used")
+
+
+def device_options(args: argparse.Namespace) -> dict:
+    """load_model's placement options from parsed arguments, checked before any work (a missing GPU is one
+    line, not a traceback after the corpus has loaded)."""
+    from .loading import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device if args.device_map is None else "auto")
+    resolve_dtype(args.dtype, device)
+    return {"device": args.device, "dtype": args.dtype, "device_map": args.device_map}
+
+
 def add_expand_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """Expansion options, generated from ExpandConfig's fields and every strategy's options class: defaults,
     choices and help are read from there, so a new option or strategy needs no change here. ``skip``: fields
@@ -180,6 +205,7 @@ def build_expand(parser: argparse.ArgumentParser):
     parser.add_argument("--word", action="append", help="a word to add (repeatable)")
     parser.add_argument("--corpus", help="domain text for fit/distill (kjv, a .txt/.jsonl file or a folder; its "
                                          "train split is used). With it, the default rows are distill/fit")
+    add_device_args(parser)
     add_expand_args(parser)
     parser.add_argument("-o", "--output", required=True, help="output folder (a loadable transformers model)")
     parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
@@ -195,8 +221,9 @@ def build_expand(parser: argparse.ArgumentParser):
         check_output_dir(args.output, args.force, inputs=local_inputs(args.model))  # before any work
         words = read_words(args)
         config = expand_config(args)
+        placement = device_options(args)
         corpus = load_corpus(args.corpus) if args.corpus else None
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, **placement)
         result = expand(model, tokenizer, words, corpus=corpus, progress=True,
                         **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)} | {"inplace": True})
         result.report["model"] = args.model
@@ -270,6 +297,7 @@ def build_compare(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("-o", "--output", required=True, help="RUNS folder (rerunning the same command resumes)")
     parser.add_argument("--force", action="store_true", help="replace a folder that holds a different run")
+    add_device_args(parser)
     add_expand_args(parser, skip=PAIR_FIELDS)
 
     def run(args: argparse.Namespace) -> int:
@@ -277,7 +305,8 @@ def build_compare(parser: argparse.ArgumentParser):
 
         train = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
         result = compare(args.model, args.corpus, read_words(args), args.strategies, args.output, twin=args.twin,
-                         force=args.force, expand_options=pair_options(args), **train)
+                         force=args.force, expand_options=pair_options(args), load_options=device_options(args),
+                         **train)
         for name, row in result.summary().items():
             reached = row["steps_to_target"]
             print(f"  {name:14s} bpc {row['bpc_start']:.4f} -> {row['bpc_final']:.4f}  steps to target: "
@@ -347,6 +376,7 @@ def build_diagnose(parser: argparse.ArgumentParser):
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("-o", "--output", required=True, help="report folder")
     parser.add_argument("--force", action="store_true")
+    add_device_args(parser)
     add_expand_args(parser, skip=PAIR_FIELDS)
 
     def run(args: argparse.Namespace) -> int:
@@ -361,8 +391,9 @@ def build_diagnose(parser: argparse.ArgumentParser):
         check_max_tokens(args.max_tokens)
         words = read_words(args)
         pairs = [p.name for p in parse_strategies(args.strategies)]
+        placement = device_options(args)
         corpus = load_corpus(args.corpus)
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, **placement)
         options = dict(max_tokens=args.max_tokens, seed=args.seed, generate=not args.no_generate,
                        **pair_options(args))
         found = [diagnose(model, tokenizer, words, corpus, pairs, label=args.model, **options)]
@@ -399,6 +430,7 @@ def build_demo(parser: argparse.ArgumentParser):
     parser.add_argument("--max-tokens", type=int, default=4000, help="held-out tokens diagnosed (default: %(default)s)")
     parser.add_argument("-o", "--output", default="runs/demo", help="output folder (default: %(default)s)")
     parser.add_argument("--force", action="store_true")
+    add_device_args(parser)
 
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
@@ -409,7 +441,8 @@ def build_demo(parser: argparse.ArgumentParser):
         check_max_tokens(args.max_tokens)
         check_options(args.top, 1, 1, None, DEFAULTS.forms)
         check_output_dir(args.output, args.force, inputs=local_inputs(args.model) + local_inputs(args.corpus))
-        return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens)
+        return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens,
+                        load_options=device_options(args))
 
     return run
 

@@ -24,11 +24,11 @@ from .twin import negative_logit_twin
 
 
 def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,
-             *, max_tokens: int = 4000) -> int:
+             *, max_tokens: int = 4000, load_options: dict | None = None) -> int:
     from .io import check_output_dir
 
     check_output_dir(output, force)
-    model, tokenizer = load_model(model_name)
+    model, tokenizer = load_model(model_name, **(load_options or {}))
     corpus = load_corpus(corpus_name)
     found = mine(tokenizer, corpus, top)
     words = [c.word for c in found]

@@ -117,6 +117,7 @@ def diagnose(
     label: str = "model",
     bits_per_character: bool = True,
     generate: bool = True,
+    learned_cache: dict | None = None,
     **expand_options: Any,
 ) -> Diagnosis:
     """Expand ``model`` with ``words`` under each strategy and measure what that does on ``corpus.heldout``.
@@ -125,6 +126,8 @@ def diagnose(
     held-out sample. ``bits_per_character=False`` or ``generate=False`` skip those parts (they need extra passes).
     Other keyword options go to the expansion (ExpandConfig fields such as tie_policy or forms). Strategies
     that learn from text (fit, distill) learn from ``corpus.train``; figures are always on ``corpus.heldout``.
+    ``learned_cache``: a dict shared by diagnoses of the same model, words and corpus, so that what one learned
+    (the text sample, cached states, distilled rows) is reused by the next, e.g. tied and untied runs.
     """
     check_max_tokens(max_tokens)
     corpus = require_corpus(corpus)
@@ -134,7 +137,7 @@ def diagnose(
         check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **expand_options), corpus)
     plan = addable_plan(tokenizer, word_list, expand_options)
     sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
-    runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus)
+    runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus, learned_cache)
     runner.use_plan(plan)
     bits_per_character = bits_per_character and not runner.no_occurrences
     figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
@@ -173,11 +176,12 @@ def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_op
 class _Runner:
     """Shared state of one diagnosis: the original pass, expanded tokenizations, passes per input rows."""
 
-    def __init__(self, model, tokenizer, sample: HeldoutSample, seed, progress, expand_options, corpus=None):
+    def __init__(self, model, tokenizer, sample: HeldoutSample, seed, progress, expand_options, corpus=None,
+                 learned_cache: dict | None = None):
         docs = sample.docs
         self.model, self.tokenizer, self.docs, self.corpus, self.sample = model, tokenizer, docs, corpus, sample
         self.rows_by_pair: dict[StrategyPair, NewRows] = {}
-        self.refine_cache: dict = {}
+        self.refine_cache: dict = {} if learned_cache is None else learned_cache
         self.seed, self.progress, self.expand_options = seed, progress, expand_options
         self.n_old = len(tokenizer)
         self.start_id = start_token_id(tokenizer)

@@ -95,14 +95,17 @@ def compare(
     force: bool = False,
     progress: bool = True,
     expand_options: dict[str, Any] | None = None,
+    load_options: dict[str, Any] | None = None,
     **train_options: Any,
 ) -> Comparison:
     """Expand ``model`` with ``words`` under each strategy and fine-tune each the same way; see the module doc.
 
     ``model``: a bundled alias, folder, .gguf or hub id, or a loaded model (then pass ``tokenizer``).
     ``twin=True`` runs on the model's negative-logit twin. ``output``: the RUNS/ folder (a rerun with the
-    same request resumes; a different request needs ``force``). ``train_options``: TrainConfig fields
-    (steps, eval_every, learning_rate, batch_size, train, bf16, max_time_s, ...).
+    same request resumes; a different request needs ``force``). ``load_options``: load_model's device, dtype
+    and device_map, for a model given by name. ``train_options``: TrainConfig fields (steps, eval_every,
+    learning_rate, batch_size, train, bf16, max_time_s, ...). A model given by name is loaded on CUDA when
+    available (load_options' default device, auto), so distill and fit run there too, not on the CPU.
     """
     from accelerate import Accelerator
 
@@ -111,7 +114,7 @@ def compare(
     word_list = check_words(words)
     if output is not None:  # before any work: the folder must be writable and hold none of the inputs
         check_runs_folder(Path(output), [m for m in (model, corpus) if isinstance(m, (str, os.PathLike))])
-    label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin)
+    label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin, load_options or {})
     options = dict(expand_options or {})
     for pair in pairs:  # bad choices fail before any work
         get_strategy(pair.input), get_strategy(pair.output)
@@ -145,12 +148,12 @@ def check_runs_folder(path: Path, inputs: list) -> None:
     check_writable(path)
 
 
-def _inputs(model, tokenizer, corpus, twin):
+def _inputs(model, tokenizer, corpus, twin, load_options):
     from .loading import load_model
 
     label = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
-        model, tokenizer = load_model(model)
+        model, tokenizer = load_model(model, **load_options)
     elif tokenizer is None:
         raise InvalidInputError("pass tokenizer= with a loaded model (or pass the model's name or folder instead)")
     corpus = load_corpus(corpus) if isinstance(corpus, (str, os.PathLike)) else corpus

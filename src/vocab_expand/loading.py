@@ -33,6 +33,7 @@ from .io import atomic_directory
 from .errors import (
     CorruptFileError,
     HubUnreachableError,
+    InvalidInputError,
     MissingPackageError,
     MissingResourceError,
     VocabExpandError,
@@ -143,20 +144,84 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, bool]:
     return name, False
 
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The device a model is loaded on: "auto" (or None) is CUDA when available, else the CPU; "cpu", "cuda",
+    "cuda:N" and "mps" are checked against what torch can see. Example: resolve_device("auto") on a machine
+    without a GPU is device("cpu"); resolve_device("cuda:1") with one GPU is an error."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        found = torch.device(name)
+    except RuntimeError as err:
+        raise InvalidInputError(f"unknown device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}") from err
+    if found.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidInputError(f"device {name!r}: torch sees no CUDA GPU here; use --device cpu (or auto)")
+        if found.index is not None and found.index >= count:
+            raise InvalidInputError(f"device {name!r}: torch sees {count} CUDA GPU(s), numbered 0 to {count - 1}")
+    elif found.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidInputError(f"device {name!r}: MPS is not available here; use --device cpu (or auto)")
+    elif found.type not in ("cpu", "cuda", "mps"):
+        raise InvalidInputError(f"unsupported device {name!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    return found
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype: "auto" (or None) is bfloat16 on a GPU that supports it, else float32; the names
+    float32, bfloat16 and float16, or a torch.dtype, are taken as they are."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InvalidInputError(f"unsupported dtype {dtype}: choose one of {', '.join(DTYPE_CHOICES)}")
+        return dtype
+    name = "auto" if dtype is None else str(dtype).removeprefix("torch.")
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    if name not in DTYPES:
+        raise InvalidInputError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[name]
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model, tokenizer) for a bundled alias (smollm2-135m, gemma3-270m), a local folder, a .gguf file or a
-    hub id (hub ids need a reachable hub, or a copy in the Hugging Face cache). The model is in eval mode."""
+    hub id (hub ids need a reachable hub, or a copy in the Hugging Face cache). The model is in eval mode.
+
+    ``device``: auto (CUDA when available, else CPU), cpu, cuda, cuda:N or mps; the weights are loaded
+    straight onto it. ``dtype``: auto (bfloat16 on a GPU that supports it, float32 otherwise), float32,
+    bfloat16 or float16. ``device_map="auto"``: Accelerate's big-model dispatch over every GPU, then the CPU,
+    then disk (for a model larger than one device); ``device`` is then not used. ``max_memory`` caps what the
+    dispatch puts on each device, as Accelerate takes it (e.g. {0: "70GiB", "cpu": "100GiB"}); past the caps,
+    layers are offloaded to disk (in the cache folder's offload/).
+    """
+    if device_map is not None and device_map != "auto" and not isinstance(device_map, dict):
+        raise InvalidInputError(f"device_map must be 'auto' (or a dict of module -> device), got {device_map!r}")
+    where = resolve_device(device) if device_map is None else resolve_device("auto")
+    weights = resolve_dtype(dtype, where)
     target, local = resolve(name_or_path)
     options = dict(trust_remote_code=trust_remote_code, **({} if local else hub_options(target)))
+    placement: dict[str, Any] = ({"device_map": device_map, "offload_folder": str(cache_dir() / "offload"),
+                                  **({"max_memory": max_memory} if max_memory else {})}
+                                 if device_map is not None else
+                                 {"device_map": str(where)} if where.type != "cpu" else {})
     with unreadable_as_corrupt(Path(target)) if local else hub_errors(target):
         config = AutoConfig.from_pretrained(target, **options)
         tokenizer = AutoTokenizer.from_pretrained(target, **options)
-        model = AutoModelForCausalLM.from_pretrained(target, config=config, dtype=dtype, **options)
+        model = AutoModelForCausalLM.from_pretrained(target, config=config, dtype=weights, **placement, **options)
     model.eval()
     return model, tokenizer
 

@@ -31,8 +31,10 @@ from ..distill.maths import Distiller
 from ..fit.solve import PATH_MAX_ITER, FitData, mean_nll, objective, solve_rows
 
 # Input weights tried, strongest first (the distilled rows themselves come before them, 0 = `fit` after them);
-# each solve starts from the previous one's rows, like fit's REG_PATH.
-INPUT_WEIGHT_PATH = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+# each solve starts from the previous one's rows, like fit's REG_PATH. It starts at 1e-2: on SmolLM2 and
+# gemma3-270m the calibration loss fell from the distilled rows to 1e-3 and rose after it, and 1e-1 only cost a
+# solve (issue #15's 1.2x cost target).
+INPUT_WEIGHT_PATH = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
 # Calibration windows scored for the input signal: each costs a few positions x vocabulary logits per try.
 MAX_CALIBRATION_WINDOWS = 256
 
@@ -67,7 +69,7 @@ def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor:
                         free: Tensor, cap: float | None, score: Callable[[Tensor], float]
                         ) -> tuple[float, Tensor, list[dict[str, float | str]]]:
     """(w_in / w_out, its rows, the path): the distilled rows, then INPUT_WEIGHT_PATH with warm starts until
-    the calibration ``score`` (nats per position) has risen twice; the lowest score wins."""
+    the calibration ``score`` (nats per position) rises; the lowest score wins."""
     rows = solve_joint(train, start, mean_row, anchor, reg, math.inf, free=free, cap=cap, max_iter=0)
     path: list[dict[str, float | str]] = [{"input_weight": "inf", "calibration_nats": score(rows)}]
     best = (path[0]["calibration_nats"], math.inf, rows)
@@ -77,8 +79,8 @@ def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor:
         path.append({"input_weight": ratio, "calibration_nats": value})
         if value < best[0]:
             best = (value, ratio, rows)
-        elif len(path) > 2 and path[-3]["calibration_nats"] < path[-2]["calibration_nats"] < value:
-            break  # risen twice: weaker pulls toward the distilled row only lose more on the input side
+        elif len(path) > 2 and path[-2]["calibration_nats"] < value:
+            break  # risen: weaker pulls toward the distilled row only lose more on the input side
     return best[1], best[2], path
 
 
