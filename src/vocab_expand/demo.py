@@ -3,7 +3,11 @@
 1. Load the model and corpus; mine the words that save the most tokens.
 2. Diagnose every strategy on the model and on its negative-logit twin (same distribution, all logits below
    -20: the situation of GPT-2 small or Gemma-2b, where zero and random rows collapse generation).
-3. Expand with the defaults for a model with domain text (distill/fit, learned from the train split) and save it.
+3. Expand with the defaults for a model with domain text (distill/fit, or joint on a tied model's shared row,
+   learned from the train split) and save it.
+
+The rows are learned once: the twin's are the model's shifted as its head was (twin.shifted_rows, exact), and
+the saved expansion writes the rows the diagnosis already learned (apply_plan with Diagnosis.rows).
 4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
    (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 """
@@ -15,12 +19,16 @@ from pathlib import Path
 
 from .corpus import load_corpus
 from .diagnostics import DEFAULT_STRATEGIES, diagnose
-from .expansion import expand
+from .expansion import apply_plan, make_config
 from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
 from .report import demo_summary, table, write_into
-from .twin import negative_logit_twin
+from .pairs import StrategyPair
+from .twin import negative_logit_twin, shifted_rows
+
+# The expand defaults with domain text: "auto" on both sides (distill/fit, joint on a tied model's shared row).
+DEFAULT_PAIR = "distill/fit"
 
 
 def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,
@@ -36,11 +44,15 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
     original = diagnose(model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens, label=model_name)
     print(table(original))
     twin_model = negative_logit_twin(model, tokenizer, corpus)
+    learned = {name: shifted_rows(rows, model, twin_model) for name, rows in original.rows.items()
+               if rows.details}  # what was learned from text; the other strategies' rows cost nothing
     twin = diagnose(twin_model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens,
-                    label=f"{model_name} negative-logit twin")
+                    label=f"{model_name} negative-logit twin", rows=learned)
     del twin_model
     print(table(twin))
-    result = expand(model, tokenizer, words, corpus=corpus, inplace=True, progress=True)  # distill/fit
+    default = StrategyPair.parse(DEFAULT_PAIR)
+    config = make_config(input_init="auto", output_init="auto", inplace=True)
+    result = apply_plan(model, original.plan, config, original.rows[default.name], corpus=corpus)
     with atomic_directory(output, force=force) as tmp:
         result.save(tmp / "model")
         write_json(tmp / "mined.json", {"candidates": [c.to_dict() for c in found], "heldout": saving})

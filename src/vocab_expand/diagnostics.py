@@ -91,6 +91,10 @@ class Diagnosis:
     figures: dict[str, Any]
     kl: dict[str, Tensor] = field(default_factory=dict)
     log_z: Tensor | None = None
+    # The rows each strategy pair wrote, by name, and the token plan: apply_plan(model, plan, config, rows)
+    # saves one of them without learning it again (the demo does).
+    rows: dict[str, NewRows] = field(default_factory=dict)
+    plan: TokenPlan | None = None
 
     @property
     def strategies(self) -> dict[str, dict[str, Any]]:
@@ -118,6 +122,7 @@ def diagnose(
     bits_per_character: bool = True,
     generate: bool = True,
     learned_cache: dict | None = None,
+    rows: dict[str, NewRows] | None = None,
     **expand_options: Any,
 ) -> Diagnosis:
     """Expand ``model`` with ``words`` under each strategy and measure what that does on ``corpus.heldout``.
@@ -128,6 +133,8 @@ def diagnose(
     that learn from text (fit, distill) learn from ``corpus.train``; figures are always on ``corpus.heldout``.
     ``learned_cache``: a dict shared by diagnoses of the same model, words and corpus, so that what one learned
     (the text sample, cached states, distilled rows) is reused by the next, e.g. tied and untied runs.
+    ``rows``: rows computed before, by pair name (as Diagnosis.rows holds them), used instead of computing them;
+    the negative-logit twin's are the model's shifted (twin.shifted_rows).
     """
     check_max_tokens(max_tokens)
     corpus = require_corpus(corpus)
@@ -138,10 +145,11 @@ def diagnose(
     plan = addable_plan(tokenizer, word_list, expand_options)
     sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
     runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus, learned_cache)
+    runner.rows_by_pair.update({StrategyPair.parse(name): given for name, given in (rows or {}).items()})
     runner.use_plan(plan)
     bits_per_character = bits_per_character and not runner.no_occurrences
     figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
-    diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z)
+    diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z, plan=plan)
     prompt_list = list(prompts) if generate else []
     figures["generations_before"] = generations(model, tokenizer, prompt_list, max_new_tokens, seed)
     for pair in pairs:
@@ -154,6 +162,7 @@ def diagnose(
         row["verdict"] = verdict(pair.name, row)
         figures["strategies"][pair.name] = row
         diagnosis.kl[pair.name] = kl
+        diagnosis.rows[pair.name] = runner.rows(pair)
     return diagnosis
 
 

@@ -16,6 +16,7 @@ Left out: measuring anything (diagnostics.py).
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,9 @@ from .errors import InvalidInputError
 from .tokenization import documents_up_to, start_token_id
 from .forward import PassStats, run_pass
 from .resize import embedding_layout, untie
+
+if TYPE_CHECKING:
+    from .rows import NewRows
 
 # Scale alpha beyond the minimum the sample needs, so unseen text stays below the margin too. The needed
 # alpha has a heavy tail over positions (measured on SmolLM2: 1.5x was not enough for every held-out verse).
@@ -71,6 +75,20 @@ def negative_logit_twin(
     min_cos = (projection / stats.hidden.norm(dim=1)).min().item()
     twin.config.negative_logit_twin = {"alpha": alpha, "margin": margin, "min_cosine": min_cos}
     return twin
+
+
+def shifted_rows(rows: "NewRows", model: nn.Module, twin: nn.Module) -> "NewRows":
+    """The twin's image of new rows computed for ``model``: the same input rows, output rows shifted as every
+    head row was (e - alpha u), so the twin expanded with them has exactly the expanded model's distribution.
+    fit's and distill's objectives are shift-equivariant, so these are what learning on the twin gives (up to
+    float rounding, which can tip fit's choice between two strengths whose calibration losses tie), without
+    learning again. The twin's head is untied, so the result is too."""
+    from .rows import NewRows
+
+    old = embedding_layout(model).output.weight
+    shift = (old[0].detach().float() - embedding_layout(twin).output.weight[0].detach().float()).cpu()
+    details = {**rows.details, "shared_from": "the original model's rows, output rows shifted as the twin's head"}
+    return NewRows(rows.input, rows.head - shift, rows.bias, False, rows.input_strategy, rows.output_strategy, details)
 
 
 def maxmin_direction(hidden: Tensor, steps: int = 500, step_size: float = 0.05) -> Tensor:
