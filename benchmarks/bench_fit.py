@@ -40,7 +40,7 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
     if cost_only:  # the two timed expands alone, side by side on a quiet machine
         return {"model": model_name, "words": len(words),
                 "cost": {"untie": timed_expand(model, tokenizer, words, corpus, {**options, "tie_policy": "untie"}),
-                         "auto": timed_expand(model, tokenizer, words, corpus, options)}}
+                         "default": timed_expand(model, tokenizer, words, corpus, options)}}
     cost = {"default": timed_expand(model, tokenizer, words, corpus, options),
             "untie": timed_expand(model, tokenizer, words, corpus, {**options, "tie_policy": "untie"})} if timing else None
     learned: dict = {}  # the tied and untied diagnoses share the sample, cached states and distilled rows
@@ -146,8 +146,8 @@ def main() -> None:
             print(f"  expand ({policy}: {c['strategies']}, tied {c['tied']}): {c['expand_seconds']:.0f} s wall, "
                   f"{c['cpu_seconds']:.0f} s CPU, +{c['parameters_added']:,} parameters")
         if r["cost"] and len(r["cost"]) == 2:
-            print(f"  default / untie: {r['cost']['auto']['expand_seconds'] / r['cost']['untie']['expand_seconds']:.2f}x wall, "
-                  f"{r['cost']['auto']['cpu_seconds'] / r['cost']['untie']['cpu_seconds']:.2f}x CPU")
+            print(f"  default / untie: {r['cost']['default']['expand_seconds'] / r['cost']['untie']['expand_seconds']:.2f}x wall, "
+                  f"{r['cost']['default']['cpu_seconds'] / r['cost']['untie']['cpu_seconds']:.2f}x CPU")
         for name, row in sorted(r.get("strategies", {}).items(), key=lambda kv: kv[1]["bpc_after"]):
             print(f"  {name:22s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")
