@@ -120,8 +120,9 @@ def test_the_public_api_is_exactly_all_and_every_name_resolves():
 
     for name in vocab_expand.__all__:
         assert getattr(vocab_expand, name) is not None, name
-    assert {"expand", "diagnose", "compare", "mine", "load_model", "load_corpus", "negative_logit_twin",
-            "register_strategy", "DataDrivenStrategy", "VocabExpandError"} <= set(vocab_expand.__all__)
+    assert {"expand", "expand_checkpoint", "CheckpointExpansion", "diagnose", "compare", "mine", "load_model",
+            "load_corpus", "negative_logit_twin", "register_strategy", "DataDrivenStrategy",
+            "VocabExpandError"} <= set(vocab_expand.__all__)
     with pytest.raises(AttributeError):
         vocab_expand.not_a_name  # noqa: B018
 

@@ -97,3 +97,13 @@ def test_readme_own_strategy_block_runs(tiny_world):
         assert result.report["output_strategy"] == "mean_state"
     finally:
         STRATEGIES.pop("mean_state", None)
+
+
+def test_readme_checkpoint_block_runs(tiny_world):
+    block = next(b for b in BLOCKS if "expand_checkpoint" in b)
+    model, tokenizer = ve.load_model("smollm2-135m")
+    ve.expand(model, tokenizer, ["Jehoshaphat"], input_init="subword", output_init="mean").save("OUT/")
+    namespace: dict = {}
+    exec(compile(block, "README.md: checkpoint", "exec"), namespace)
+    assert namespace["more"].report["method"] == "checkpoint" and namespace["more"].new_tokens
+    assert (tiny_world / "OUT-more" / "config.json").is_file()

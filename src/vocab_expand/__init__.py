@@ -1,7 +1,8 @@
 """vocab-expand: add domain words to a pretrained causal LM without breaking it, and show that it did not.
 
-Public API: load_model, load_corpus, mine, expand, diagnose, compare, negative_logit_twin, lora_config (the
-hand-off to PEFT), the strategy registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
+Public API: load_model, load_corpus, mine, expand, expand_checkpoint (a model folder on disk, static strategies,
+without loading the model), diagnose, compare, negative_logit_twin, lora_config (the hand-off to PEFT), the
+strategy registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "DEFAULTS": "config", "ExpandConfig": "config", "SamplingOptions": "config",
+    "CheckpointExpansion": "checkpoint", "expand_checkpoint": "checkpoint",
     "Corpus": "corpus", "load_corpus": "corpus",
     "Diagnosis": "diagnostics", "diagnose": "diagnostics",
     "Comparison": "experiments", "compare": "experiments",
@@ -49,6 +51,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
+    from .checkpoint import CheckpointExpansion, expand_checkpoint
     from .config import DEFAULTS, ExpandConfig, SamplingOptions
     from .corpus import Corpus, load_corpus
     from .diagnostics import Diagnosis, diagnose

@@ -211,31 +211,55 @@ def build_expand(parser: argparse.ArgumentParser):
     parser.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     parser.add_argument("--allow-empty", action="store_true",
                         help="save the model even when every word was skipped (by default that is an error)")
+    parser.add_argument("--load-model", action="store_true",
+                        help="build the model in memory even where it is not needed (by default a local safetensors "
+                             "folder expanded without --corpus or --dtype by static strategies is rewritten on disk: "
+                             "only its embedding and head tensors are read, and its dtype is kept)")
 
     def run(args: argparse.Namespace) -> int:
-        from .corpus import load_corpus
-        from .expansion import expand
+        from .checkpoint import expand_checkpoint, holds_safetensors, is_static
         from .io import check_output_dir
-        from .loading import load_model
 
         check_output_dir(args.output, args.force, inputs=local_inputs(args.model))  # before any work
         words = read_words(args)
         config = expand_config(args)
         placement = device_options(args)
-        corpus = load_corpus(args.corpus) if args.corpus else None
-        model, tokenizer = load_model(args.model, **placement)
-        result = expand(model, tokenizer, words, corpus=corpus, progress=True,
-                        **{f.name: getattr(config, f.name) for f in dataclasses.fields(config)} | {"inplace": True})
-        result.report["model"] = args.model
-        result.report["corpus"] = args.corpus
-        print_summary(result)
-        result.save(args.output, force=args.force, allow_empty=args.allow_empty)
+        options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        # A --dtype asks for the weights converted: that needs the model loaded.
+        loaded = args.load_model or args.corpus or args.dtype != "auto"
+        if not loaded and holds_safetensors(args.model) and is_static(config):
+            result = expand_checkpoint(args.model, words, args.output, force=args.force, allow_empty=args.allow_empty,
+                                       progress=True, **options)
+            print_summary(result)
+            files = result.report["files"]
+            print(f"method: checkpoint (the model was not loaded; rewrote {', '.join(files['rewritten'])}, linked "
+                  f"{len(files['linked'])} and copied {len(files['copied'])} files)")
+        else:
+            result = expand_in_memory(args, words, options, placement)
         report = result.report
         print(f"saved to {args.output}; parameters {report['parameters_before']:,} -> {report['parameters_after']:,} "
               f"(+{report['parameters_added']:,}, {'tied' if report['tied'] else 'untied'})")
         return 0
 
     return run
+
+
+def expand_in_memory(args: argparse.Namespace, words: list[str], options: dict, placement: dict):
+    """`expand` on the loaded model (any source, any strategy), saved to args.output; returns the Expansion."""
+    from .corpus import load_corpus
+    from .expansion import expand
+    from .loading import load_model
+
+    corpus = load_corpus(args.corpus) if args.corpus else None
+    model, tokenizer = load_model(args.model, **placement)
+    result = expand(model, tokenizer, words, corpus=corpus, progress=True, **options | {"inplace": True})
+    result.report["model"] = args.model
+    result.report["corpus"] = args.corpus
+    print_summary(result)
+    weights = model.get_input_embeddings().weight
+    print(f"method: model (loaded in {str(weights.dtype).removeprefix('torch.')} on {weights.device} and expanded there)")
+    result.save(args.output, force=args.force, allow_empty=args.allow_empty)
+    return result
 
 
 def local_inputs(source: str | None) -> list[str]:

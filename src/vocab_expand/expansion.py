@@ -62,10 +62,7 @@ class Expansion:
         An existing folder is only replaced with force=True. When every word was skipped, nothing is saved
         (NothingAddedError) unless allow_empty=True: an unchanged copy of the model is rarely what was meant.
         """
-        if not self.new_tokens and not allow_empty:
-            reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in self.skipped[:10])
-            raise NothingAddedError(f"every word was skipped ({reasons}), so nothing was saved; pass "
-                                    "allow_empty=True (--allow-empty) to save the unchanged model anyway")
+        require_added(self.new_tokens, self.skipped, allow_empty)
         with atomic_directory(path, force=force) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -83,21 +80,8 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
     new_model = model if config.inplace else copy.deepcopy(model)
     reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
     facts = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
-    report = {
-        "family": plan.family,
-        "words_given": plan.words_given,
-        "tokens_added": len(plan.entries),
-        "words_skipped": sum(1 for s in plan.skipped if not s.form),
-        "skipped": [s._asdict() for s in plan.skipped],
-        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
-                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
-        **facts,
-        **({"data_driven": rows.details} if rows.details else {}),
-        "timings": {"tokenizer_s": plan.seconds, "embeddings_s": time.perf_counter() - start},
-        "config": config.to_dict(),
-        "fine_tuning": {"new_token_ids": list(plan.new_token_ids),
-                        "peft_lora": recommended_lora(new_model, plan.new_token_ids) if plan.entries else None},
-    }
+    lora = recommended_lora(new_model, plan.new_token_ids) if plan.entries else None
+    report = expansion_report(plan, facts, config, "model", time.perf_counter() - start, lora, rows.details)
     return Expansion(
         model=new_model,
         tokenizer=plan.tokenizer,
@@ -108,6 +92,36 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
         skipped=list(plan.skipped),
         report=report,
     )
+
+
+def expansion_report(plan: TokenPlan, facts: dict[str, Any], config: ExpandConfig, method: str, seconds: float,
+                     peft_lora: dict[str, Any] | None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report saved as expansion.json: the plan's tokens and skips, the row ``facts`` (surgery.row_facts),
+    how it was done (``method``: "model" in memory, "checkpoint" on the files), timings, config, fine-tuning."""
+    return {
+        "method": method,
+        "family": plan.family,
+        "words_given": plan.words_given,
+        "tokens_added": len(plan.entries),
+        "words_skipped": sum(1 for s in plan.skipped if not s.form),
+        "skipped": [s._asdict() for s in plan.skipped],
+        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
+                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
+        **facts,
+        **({"data_driven": details} if details else {}),
+        "timings": {"tokenizer_s": plan.seconds, "embeddings_s": seconds},
+        "config": config.to_dict(),
+        "fine_tuning": {"new_token_ids": list(plan.new_token_ids), "peft_lora": peft_lora},
+    }
+
+
+def require_added(new_tokens: Sequence[str], skipped: Sequence[Skipped], allow_empty: bool) -> None:
+    """NothingAddedError when every word was skipped, unless allow_empty: an unchanged copy of the model is
+    rarely what was meant."""
+    if not new_tokens and not allow_empty:
+        reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in skipped[:10])
+        raise NothingAddedError(f"every word was skipped ({reasons}), so nothing was saved; pass "
+                                "allow_empty=True (--allow-empty) to save the unchanged model anyway")
 
 
 def expand(

@@ -41,22 +41,35 @@ def trainable_token_indices(model: nn.Module, new_token_ids: list[int]) -> list[
     dict naming the input embedding and the head for an untied one. E.g. untied Llama, ids [400, 401] ->
     {"model.embed_tokens": [400, 401], "lm_head": [400, 401]}."""
     layout = embedding_layout(model)
+    untied = layout.output is not None and not layout.tied
+    modules = (module_name(model, layout.input), module_name(model, layout.output)) if untied else None
+    return token_indices(new_token_ids, modules)
+
+
+def token_indices(new_token_ids: list[int], modules: tuple[str, str] | None) -> list[int] | dict[str, list[int]]:
+    """trainable_token_indices from the names of the (input, head) modules of an untied model, or None for a
+    tied one (or one without a head). E.g. ([400], ("model.embed_tokens", "lm_head")) ->
+    {"model.embed_tokens": [400], "lm_head": [400]}."""
     ids = [int(i) for i in new_token_ids]
-    if layout.output is None or layout.tied:
-        return ids
-    return {module_name(model, layout.input): ids, module_name(model, layout.output): ids}
+    return ids if modules is None else {name: ids for name in modules}
 
 
-def recommended_lora(model: nn.Module, new_token_ids: list[int], *, r: int = DEFAULT_RANK,
-                     lora_alpha: int | None = None, target_modules: str | list[str] = DEFAULT_TARGETS) -> dict[str, Any]:
-    """The keyword arguments of peft.LoraConfig for this expansion, as JSON data (kept in expansion.json).
-    lora_alpha defaults to 2r, the common choice that keeps the update scale constant across ranks."""
+def recommended_lora(model: nn.Module, new_token_ids: list[int], **options: Any) -> dict[str, Any]:
+    """The keyword arguments of peft.LoraConfig for this expansion, as JSON data (kept in expansion.json);
+    ``options``: r, lora_alpha, target_modules (see lora_arguments)."""
+    return lora_arguments(trainable_token_indices(model, new_token_ids), **options)
+
+
+def lora_arguments(indices: list[int] | dict[str, list[int]], *, r: int = DEFAULT_RANK, lora_alpha: int | None = None,
+                   target_modules: str | list[str] = DEFAULT_TARGETS) -> dict[str, Any]:
+    """peft.LoraConfig's keyword arguments for these trainable token indices, as JSON data. lora_alpha defaults
+    to 2r, the common choice that keeps the update scale constant across ranks."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"r must be a positive int, got {r!r}")
     return {"r": r, "lora_alpha": 2 * r if lora_alpha is None else lora_alpha, "target_modules": target_modules,
-            "trainable_token_indices": trainable_token_indices(model, new_token_ids), "task_type": "CAUSAL_LM"}
+            "trainable_token_indices": indices, "task_type": "CAUSAL_LM"}
 
 
 def lora_config(expansion: "Expansion", *, r: int = DEFAULT_RANK, lora_alpha: int | None = None,

@@ -16,7 +16,7 @@ Left out: the choice of rows (strategies/) and the tokenizer (tokenization.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -143,12 +143,22 @@ def untie(model: nn.Module, layout: EmbeddingLayout) -> None:
     if layout.output is None:
         raise InvalidInputError("this model has no output head to untie")
     set_weight(layout.output, layout.input.weight.detach().clone(), layout.input.weight)
-    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
-        config.tie_word_embeddings = False
+    record_untied(model.config)
+
+
+def record_untied(config: Any) -> None:
+    """Mark a model config (and its text config) as having an untied head."""
+    for each in {id(c): c for c in (config, config.get_text_config())}.values():
+        each.tie_word_embeddings = False
 
 
 def set_vocab_size(model: nn.Module, rows: int) -> None:
     """Record the row count in the (text) config, as transformers' own resize does."""
-    model.config.get_text_config().vocab_size = rows
+    record_vocab_size(model.config, rows)
     if hasattr(model, "vocab_size"):
         model.vocab_size = rows
+
+
+def record_vocab_size(config: Any, rows: int) -> None:
+    """Set the row count in a model config's text config (where transformers reads vocab_size)."""
+    config.get_text_config().vocab_size = rows

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 OUTPUT_SEED_OFFSET = 1_000_003
 
 
-def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], config: ExpandConfig,
+def row_request(initializer_range: float, tokens_before: int, pieces: list[list[int]], config: ExpandConfig,
                 role: str, strategy: str) -> RowRequest:
     """The RowRequest of ``strategy`` for one matrix ("input" or "output"), with that matrix's own seeded
     generator and the strategy's typed options."""
@@ -36,20 +36,25 @@ def row_request(model: nn.Module, tokens_before: int, pieces: list[list[int]], c
         pieces=pieces,
         reference_rows=tokens_before,
         generator=torch.Generator().manual_seed(seed),
-        initializer_range=float(getattr(model.config.get_text_config(), "initializer_range", 0.02)),
+        initializer_range=initializer_range,
         options=config.options_for(strategy),
     )
 
 
-def stays_tied(layout: resize.EmbeddingLayout, config: ExpandConfig) -> bool:
+def initializer_range(config: Any) -> float:
+    """The std of the model's random init, from its (text) config: what the `random` strategy draws with."""
+    return float(getattr(config.get_text_config(), "initializer_range", 0.02))
+
+
+def stays_tied(tied: bool, config: ExpandConfig) -> bool:
     """A tied model stays tied unless its two strategies differ and tie_policy is "untie". With "auto" it stays
     tied when a strategy learns from text too, if that is distill or fit: the shared row is then learned by
     `joint` from both signals (the output row decides safety, Hewitt; and users do not expect 100 words to add a
     head copy). Another one-sided strategy that learns from text (a plug-in) unties, as its rows only make
     sense on their own side."""
     config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
-    if not layout.tied or config.input_init == config.output_init:
-        return layout.tied
+    if not tied or config.input_init == config.output_init:
+        return tied
     if config.tie_policy == AUTO:
         return not _one_sided_learners(config)
     return config.tie_policy != "untie"
@@ -81,11 +86,16 @@ def _shares_row(strategy: Strategy) -> bool:
 
 
 def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
-    """The effective (input, output) strategies; a clear error for a strategy on the wrong side, a
-    one-sided data-driven one on a shared row (or a shared-row one on an untied model), or one without text."""
+    """The effective (input, output) strategies for ``model``; see check_pair."""
+    return check_pair(resize.embedding_layout(model).tied, config, corpus)
+
+
+def check_pair(model_tied: bool, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
+    """The effective (input, output) strategies for a model whose matrices are tied or not; a clear error for a
+    strategy on the wrong side, a one-sided data-driven one on a shared row (or a shared-row one on an untied
+    model), or one without text."""
     config = config.resolved(corpus is not None)
-    layout = resize.embedding_layout(model)
-    tied = stays_tied(layout, config)
+    tied = stays_tied(model_tied, config)
     pair = effective_strategies(tied, config)
     for side, strategy in zip(("input", "output"), pair):
         if side not in strategy.sides and not (tied and side == "output"):
@@ -126,26 +136,55 @@ class NewRows:
         return self.input if self.output is None else self.output
 
 
+@dataclass(frozen=True)
+class OldMatrices:
+    """The matrices new rows are computed from, as stored: input [n, d]; output [n, d], the head's matrix (the
+    input itself on a tied model; None without a head); bias [n] of the head, or None. tied: whether the model
+    shares one matrix; initializer_range: the std of the model's random init."""
+
+    input: Tensor
+    output: Tensor | None
+    bias: Tensor | None
+    tied: bool
+    initializer_range: float
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "OldMatrices":
+        layout = resize.embedding_layout(model)
+        output = layout.output.weight.data if layout.output is not None else None
+        bias = layout.output.bias.data if layout.has_bias else None
+        return cls(layout.input.weight.data, output, bias, layout.tied, initializer_range(model.config))
+
+
 @torch.no_grad()
 def new_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: "Corpus | Sequence[str] | None" = None,
              *, cache: dict | None = None, progress: bool = False) -> NewRows:
     """The new rows apply_plan writes, computed without copying the model. ``cache`` shares the text sample
     and distilled rows between calls (diagnose compares several strategies on one plan)."""
     config = config.resolved(corpus is not None)
-    layout = resize.embedding_layout(model)
-    tied = stays_tied(layout, config)
     inp, out = check_strategies(model, config, corpus)
-    request = row_request(model, plan.tokens_before, plan.pieces, config, "input", inp.name)
-    rows = NewRows(_rows_of(inp, layout.input.weight.data, request), None, None, tied, inp.name, out.name)
-    if not tied and layout.output is not None:
-        request = row_request(model, plan.tokens_before, plan.pieces, config, "output", out.name)
-        rows.output = _rows_of(out, layout.output.weight.data, request)
-        rows.bias = _rows_of(out, layout.output.bias.data, request, is_bias=True) if layout.has_bias else None
+    rows = starting_rows(OldMatrices.of(model), plan, config, (inp, out))
     if (inp.needs_corpus or out.needs_corpus) and plan.pieces:
         start = StartRows(rows.input, rows.output, rows.bias)
         learned, rows.details = learn_rows(model, plan, config, corpus, (inp, out), start,
                                            cache if cache is not None else {}, progress)
         rows.input, rows.output, rows.bias = learned
+    return rows
+
+
+@torch.no_grad()
+def starting_rows(old: OldMatrices, plan: TokenPlan, config: ExpandConfig, pair: tuple[Strategy, Strategy]) -> NewRows:
+    """Each side's rows from its strategy's rows() (the final rows of a static pair; a data-driven strategy's
+    start), computed in float32 from ``old`` in its stored dtype. ``pair``: check_pair's effective strategies.
+    A tied model that stays tied gets input rows only; an untied head gets output rows and bias entries."""
+    inp, out = pair
+    tied = stays_tied(old.tied, config)
+    request = row_request(old.initializer_range, plan.tokens_before, plan.pieces, config, "input", inp.name)
+    rows = NewRows(_rows_of(inp, old.input, request), None, None, tied, inp.name, out.name)
+    if not tied and old.output is not None:
+        request = row_request(old.initializer_range, plan.tokens_before, plan.pieces, config, "output", out.name)
+        rows.output = _rows_of(out, old.output, request)
+        rows.bias = _rows_of(out, old.bias, request, is_bias=True) if old.bias is not None else None
     return rows
 
 

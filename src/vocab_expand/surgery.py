@@ -1,20 +1,52 @@
 """Model surgery: grow the model's matrices in place for computed new rows (tied, untied, biased and padded
-layouts), and update its config.
+layouts), and update its config. The tensor half (grown_matrices, row_facts) also serves checkpoint.py, which
+grows the stored tensors without building the model.
 
 Left out: the tensor-level row plans and copies (resize.py); computing the rows (rows.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from . import resize
 from .config import ExpandConfig
 from .metrics import hewitt_bound
 from .rows import NewRows
+
+
+@dataclass
+class GrownMatrices:
+    """The grown tensors: input [rows, d]; output [rows, d] when the head has its own matrix (None when it
+    shares the input's, or there is none); bias [rows] or None; plan: where the rows went."""
+
+    input: Tensor
+    output: Tensor | None
+    bias: Tensor | None
+    plan: resize.RowPlan
+
+
+def grown_matrices(old_input: Tensor, old_output: Tensor | None, old_bias: Tensor | None, tokens_before: int,
+                   rows: NewRows, pad_to_multiple_of: int | None, reused_ids: Sequence[int] = ()) -> GrownMatrices:
+    """The matrices grown for ``rows``, in their own dtype. ``old_output``: the head's own matrix (a copy of
+    the input when a tied model is untied), None when the rows stay tied or there is no head. Without growth
+    the spare rows are written in place (callers pass their own copies). The first len(reused_ids) rows
+    overwrite the rows of those ids (reused reserved tokens); the rest go from tokens_before on."""
+    r = len(reused_ids)
+    plan = resize.plan_rows(old_input.shape[0], tokens_before, rows.input.shape[0] - r, pad_to_multiple_of)
+
+    def grow(old: Tensor, new: Tensor, is_bias: bool = False) -> Tensor:
+        filled = resize.fill_new_rows(old, plan, new[r:], is_bias=is_bias)
+        return resize.overwrite_rows(filled, reused_ids, new[:r])
+
+    new_input = grow(old_input, rows.input)
+    output = grow(old_output, rows.output) if old_output is not None else None
+    bias = grow(old_bias, rows.bias, is_bias=True) if old_bias is not None else None
+    return GrownMatrices(new_input, output, bias, plan)
 
 
 @torch.no_grad()
@@ -27,37 +59,37 @@ def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config:
     """
     layout = resize.embedding_layout(model)
     parameters_before = parameter_count(model)
-    r = len(reused_ids)
-    k = rows.input.shape[0] - r
-    plan = resize.plan_rows(layout.input.weight.shape[0], tokens_before, k, config.pad_to_multiple_of)
     if layout.tied and not rows.tied:
         resize.untie(model, layout)
-    old_input = layout.input.weight
-    new_input = resize.fill_new_rows(old_input.data, plan, rows.input[r:])
-    resize.set_weight(layout.input, resize.overwrite_rows(new_input, reused_ids, rows.input[:r]), old_input)
+    own_head = layout.output is not None and not rows.tied
+    grown = grown_matrices(layout.input.weight.data, layout.output.weight.data if own_head else None,
+                           layout.output.bias.data if own_head and layout.has_bias else None, tokens_before, rows,
+                           config.pad_to_multiple_of, reused_ids)
+    resize.set_weight(layout.input, grown.input, layout.input.weight)
     if rows.tied:
         layout.output.weight = layout.input.weight
-        layout.output.out_features = plan.new_rows
-    elif layout.output is not None:
-        old_output = layout.output.weight
-        new_output = resize.fill_new_rows(old_output.data, plan, rows.output[r:])
-        resize.set_weight(layout.output, resize.overwrite_rows(new_output, reused_ids, rows.output[:r]), old_output)
-        if layout.has_bias:
-            new_bias = resize.fill_new_rows(layout.output.bias.data, plan, rows.bias[r:], is_bias=True)
-            new_bias = resize.overwrite_rows(new_bias, reused_ids, rows.bias[:r])
-            layout.output.bias = nn.Parameter(new_bias, requires_grad=layout.output.bias.requires_grad)
-    resize.set_vocab_size(model, plan.new_rows)
-    parameters_after = parameter_count(model)
+        layout.output.out_features = grown.plan.new_rows
+    elif grown.output is not None:
+        resize.set_weight(layout.output, grown.output, layout.output.weight)
+        if grown.bias is not None:
+            layout.output.bias = nn.Parameter(grown.bias, requires_grad=layout.output.bias.requires_grad)
+    resize.set_vocab_size(model, grown.plan.new_rows)
+    return row_facts(grown.plan, rows, len(reused_ids), parameters_before, parameter_count(model))
+
+
+def row_facts(plan: resize.RowPlan, rows: NewRows, reused: int, parameters_before: int,
+              parameters_after: int) -> dict[str, Any]:
+    """The report's facts about the rows: counts before and after, reuse, padding, tie, strategies, bound."""
     return {
         "rows_before": plan.old_rows,
         "rows_after": plan.new_rows,
         "reused_spare_rows": plan.reused_spare_rows,
-        "reused_reserved_tokens": r,
+        "reused_reserved_tokens": reused,
         "padding_rows": len(plan.padding_ids),
         "tied": rows.tied,
         "input_strategy": rows.input_strategy,
         "output_strategy": rows.output_strategy,
-        "hewitt_bound_nats": hewitt_bound(rows.input.shape[0] + len(plan.padding_ids), tokens_before),
+        "hewitt_bound_nats": hewitt_bound(rows.input.shape[0] + len(plan.padding_ids), plan.tokens_before),
         "parameters_before": parameters_before,
         "parameters_after": parameters_after,
         "parameters_added": parameters_after - parameters_before,
