@@ -71,7 +71,8 @@ def tiny_world(tmp_path, monkeypatch):
 
 def test_readme_python_api_block_runs(tiny_world):
     namespace: dict = {}
-    exec(compile(BLOCKS[0], "README.md: Python", "exec"), namespace)
+    block = next(b for b in BLOCKS if "ve.mine(" in b)
+    exec(compile(block, "README.md: Python", "exec"), namespace)
     assert (tiny_world / "OUT" / "config.json").is_file() and (tiny_world / "REPORT" / "report.md").is_file()
     assert (tiny_world / "RUNS" / "report.md").is_file()
     assert namespace["words"] and namespace["result"].new_tokens
@@ -107,3 +108,19 @@ def test_readme_checkpoint_block_runs(tiny_world):
     exec(compile(block, "README.md: checkpoint", "exec"), namespace)
     assert namespace["more"].report["method"] == "checkpoint" and namespace["more"].new_tokens
     assert (tiny_world / "OUT-more" / "config.json").is_file()
+
+
+def test_readme_device_block_runs(tmp_path, monkeypatch):
+    """The placement example with the real load_model, on a tiny folder in place of the bundled model."""
+    import vocab_expand.loading as loading
+
+    tokenizer = wrap(train_byte_level_bpe())
+    make_model("tied", len(tokenizer)).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    real_resolve = loading.resolve
+    monkeypatch.setattr(loading, "resolve", lambda name: real_resolve(tmp_path / "tiny"))
+    block = next(b for b in BLOCKS if 'device="auto"' in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md: device", "exec"), namespace)
+    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    assert namespace["model"].get_input_embeddings().weight.dtype == expected
