@@ -35,7 +35,7 @@ import torch
 
 from vocab_expand import diagnose, expand, load_corpus, load_model, mine
 from vocab_expand.loading import resolve_device, resolve_dtype, tokenizer_only
-from vocab_expand.memory import MemoryWatch
+from vocab_expand.memory import peak_memory
 
 NO_TEXT = ["zeros", "random", "hf_default", "mean", "subword", "subword/mean"]
 SHAPES = {  # published shapes (config.json of each model); vocabulary from --tokenizer
@@ -67,12 +67,14 @@ def weights_bytes(model) -> int:
 
 def timed(step, device: torch.device):
     """(result, facts): wall seconds and peak memory of ``step()``."""
-    watch = MemoryWatch()
-    began = time.perf_counter()
-    result = step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, {"seconds": time.perf_counter() - began, **watch.peak()}
+    with peak_memory() as peak:
+        began = time.perf_counter()
+        result = step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - began
+    return result, {"seconds": seconds, "peak_rss_mb": peak["rss_mb"], "rss_scope": peak["rss_scope"],
+                    "peak_cuda_mb": peak.get("cuda_mb")}
 
 
 def run_model_case(case: str, args, device: torch.device, dtype: torch.dtype, corpus, options: dict) -> dict:

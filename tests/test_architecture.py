@@ -137,6 +137,9 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
     "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
     "bench_layouts.py": ["--corpus", "{corpus}", "--verses", "60", "--words", "3", "--layouts", "llama3_tiny,unigram_tiny"],
     "bench_tokenize.py": ["--models", "{model}", "--corpus", "{corpus}", "--sizes", "5", "--repeats", "1"],
+    "bench_scale.py": ["--device", "cpu", "--dtype", "float32", "--cases", "body:tiny,model:{model}", "--tokenizer",
+                       "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200",
+                       "--set", "fit_max_positions=2000", "--set", "distill_epochs=1"],
 }
 
 
