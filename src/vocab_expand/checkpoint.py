@@ -41,6 +41,7 @@ from .errors import CorruptFileError, InvalidInputError, MissingResourceError
 from .expansion import expansion_report, make_config, require_added
 from .handoff import lora_arguments, token_indices
 from .io import atomic_directory, check_output_dir, write_json
+from .memory import peak_memory
 from .loading import BUNDLED, tokenizer_only, unreadable_as_corrupt
 from .planning import TokenPlan, plan_tokens
 from .resize import record_untied, record_vocab_size
@@ -223,15 +224,17 @@ def expand_checkpoint(folder: str | os.PathLike, words: Iterable[str], output: s
     checkpoint, model_config = open_model_folder(source)
     plan = plan_tokens(tokenizer_only(source), words, config)
     require_added([e.token for e in plan.entries], plan.skipped, allow_empty)
-    old, names = read_matrices(checkpoint, model_config)
-    rows = starting_rows(old, plan, config, check_pair(old.tied, config))
-    reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
-    own_head = None if rows.tied else old.output.clone() if old.output is old.input else old.output
-    grown = grown_matrices(old.input, own_head, None if rows.tied else old.bias, plan.tokens_before, rows,
-                           config.pad_to_multiple_of, reused)
-    tensors = grown_tensors(names, grown)
+    with peak_memory() as peak:  # reading and growing the matrices; the shards are then streamed
+        old, names = read_matrices(checkpoint, model_config)
+        rows = starting_rows(old, plan, config, check_pair(old.tied, config))
+        reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
+        own_head = None if rows.tied else old.output.clone() if old.output is old.input else old.output
+        grown = grown_matrices(old.input, own_head, None if rows.tied else old.bias, plan.tokens_before, rows,
+                               config.pad_to_multiple_of, reused)
+        tensors = grown_tensors(names, grown)
     facts = row_facts(grown.plan, rows, len(reused), *parameter_counts(checkpoint, names, old.tied, rows.tied, tensors))
     report = checkpoint_report(plan, facts, config, rows, names, time.perf_counter() - start) | {"model": str(folder)}
+    report["peak_memory"] = peak
     record_vocab_size(model_config, grown.plan.new_rows)
     if old.tied and not rows.tied:
         record_untied(model_config)

@@ -84,6 +84,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "distill_window": ("distill", "window"),
     "distill_epochs": ("distill", "epochs"),
     "distill_max_windows": ("distill", "max_windows"),
+    "distill_cache_budget": ("distill", "cache_budget"),
     "cov_scale": ("mean_cov", "scale"),
 }
 
@@ -144,6 +145,7 @@ class ExpandConfig:
     distill_window: InitVar[Any] = UNSET
     distill_epochs: InitVar[Any] = UNSET
     distill_max_windows: InitVar[Any] = UNSET
+    distill_cache_budget: InitVar[Any] = UNSET
     cov_scale: InitVar[Any] = UNSET
 
     def __post_init__(self, *given: Any) -> None:

@@ -18,7 +18,10 @@ figure that needs occurrences, is then left out, and the others are still report
 
 Cost: one forward pass of the original model gives every strategy's figures 1-4 (only a [P x k] product per
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
-tokenization changed; the others reuse the original pass.
+tokenization changed; the others reuse the original pass. Memory: a pass's states are dropped once no later
+strategy reads the same input rows, and generations grow the model's matrices in place for the length of
+the generation and restore them (surgery.grown_for), never copying the model. The peak memory of the call is
+in the figures (memory.py).
 
 Left out: parsing strategy pairs (pairs.py), drawing the held-out sample (heldout.py), generating
 (generation.py), the verdict sentences (verdicts.py), writing the report (report.py), the twin (twin.py).
@@ -27,8 +30,9 @@ Left out: parsing strategy pairs (pairs.py), drawing the held-out sample (heldou
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +41,8 @@ from transformers import PreTrainedTokenizerBase
 from . import metrics
 from .corpus import Corpus, require_corpus
 from .errors import InvalidInputError
-from .expansion import Expansion, apply_plan, make_config
+from .expansion import make_config
+from .memory import peak_memory
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
 from .rows import NewRows, check_strategies, new_rows
@@ -47,6 +52,7 @@ from .resize import embedding_layout
 from .generation import PROMPTS, generations
 from .heldout import HeldoutSample, heldout_sample, weighted_heldout_sample
 from .pairs import StrategyPair, parse_strategies
+from .surgery import grown_for
 from .tokenization import check_words, start_token_id
 from .verdicts import verdict
 
@@ -143,26 +149,27 @@ def diagnose(
     for pair in pairs:
         check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **expand_options), corpus)
     plan = addable_plan(tokenizer, word_list, expand_options)
-    sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
-    runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus, learned_cache)
-    runner.rows_by_pair.update({StrategyPair.parse(name): given for name, given in (rows or {}).items()})
-    runner.use_plan(plan)
-    bits_per_character = bits_per_character and not runner.no_occurrences
-    figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(), "strategies": {}}
-    diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z, plan=plan)
-    prompt_list = list(prompts) if generate else []
-    figures["generations_before"] = generations(model, tokenizer, prompt_list, max_new_tokens, seed)
-    for pair in pairs:
-        kl, row = runner.strategy_figures(pair, bits_per_character)
-        if prompt_list:
-            expansion = runner.expansion(pair)
-            row["generations"] = generations(expansion.model, expansion.tokenizer, prompt_list, max_new_tokens,
-                                             seed, new_ids=set(expansion.new_token_ids))
-            del expansion
-        row["verdict"] = verdict(pair.name, row)
-        figures["strategies"][pair.name] = row
-        diagnosis.kl[pair.name] = kl
-        diagnosis.rows[pair.name] = runner.rows(pair)
+    with peak_memory() as peak:
+        sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
+        runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus, learned_cache)
+        runner.rows_by_pair.update({StrategyPair.parse(name): given for name, given in (rows or {}).items()})
+        runner.use_plan(plan)
+        bits_per_character = bits_per_character and not runner.no_occurrences
+        figures: dict[str, Any] = {"label": label, "model_class": type(model).__name__, **runner.header(),
+                                   "strategies": {}}
+        diagnosis = Diagnosis(figures=figures, log_z=runner.original.log_z, plan=plan)
+        prompt_list = list(prompts) if generate else []
+        figures["generations_before"] = generations(model, tokenizer, prompt_list, max_new_tokens, seed)
+        for i, pair in enumerate(pairs):
+            kl, row = runner.strategy_figures(pair, bits_per_character)
+            runner.drop_passes(keep_for=pairs[i + 1 :])
+            if prompt_list:
+                row["generations"] = runner.generations_after(pair, prompt_list, max_new_tokens)
+            row["verdict"] = verdict(pair.name, row)
+            figures["strategies"][pair.name] = row
+            diagnosis.kl[pair.name] = kl
+            diagnosis.rows[pair.name] = runner.rows(pair)
+    figures["peak_memory"] = peak
     return diagnosis
 
 
@@ -216,8 +223,29 @@ class _Runner:
                                                cache=self.refine_cache, progress=self.progress)
         return self.rows_by_pair[pair]
 
-    def expansion(self, pair: StrategyPair) -> Expansion:
-        return apply_plan(self.model, self.plan, self.config(pair), self.rows(pair))
+    @contextmanager
+    def expanded(self, pair: StrategyPair) -> Iterator[nn.Module]:
+        """The model grown with the pair's rows for the length of a ``with`` block, then restored exactly."""
+        reused = [i for i in self.plan.new_token_ids if i < self.plan.tokens_before]
+        with grown_for(self.model, self.plan.tokens_before, self.rows(pair), self.config(pair), reused_ids=reused):
+            yield self.model
+
+    def generations_after(self, pair: StrategyPair, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
+        """Generations of the model expanded with the pair's rows (grown in place, then restored)."""
+        with self.expanded(pair) as model:
+            return generations(model, self.plan.tokenizer, prompts, max_new_tokens, self.seed,
+                               new_ids=set(self.plan.new_token_ids))
+
+    def input_key(self, pair: StrategyPair) -> str:
+        """The input strategy the pair's rows use (rows.input_strategy), told without computing them."""
+        return check_strategies(self.model, self.config(pair), self.corpus)[0].name
+
+    def drop_passes(self, keep_for: list[StrategyPair]) -> None:
+        """Forget the passes [P, d] that none of the pairs ``keep_for`` reads (input_pass computes one again
+        if a pair needs it after all)."""
+        needed = {self.input_key(p) for p in keep_for}
+        for key in [k for k in self.input_passes if k not in needed]:
+            del self.input_passes[key]
 
     def use_plan(self, plan: TokenPlan) -> None:
         """Tokenize the sample with the plan; find the prefixes without new tokens and the words absent from it."""

@@ -1,8 +1,8 @@
 """`expand`: add words to a model and its tokenizer in one call, and report what was done.
 
 Pipeline: plan the tokens (planning.py), compute the rows (rows.py, with learning/ for data-driven
-strategies), grow the matrices and update the config (surgery.py), and report. The caller's objects are
-untouched unless inplace=True.
+strategies), grow the matrices and update the config (surgery.py), and report (with the peak memory of the
+call, memory.py). The caller's objects are untouched unless inplace=True.
 
 Left out: each step's work (the modules above); loading and saving (loading.py, io.py); measuring the result
 (diagnostics.py).
@@ -24,6 +24,7 @@ from .corpus import as_corpus
 from .errors import NothingAddedError
 from .io import atomic_directory, write_json
 from .handoff import recommended_lora
+from .memory import peak_memory
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
 from .rows import NewRows, check_strategies, new_rows
@@ -43,7 +44,7 @@ class Expansion:
 
     new_tokens: the vocabulary strings added ("ĠJehoshaphat"), in id order; new_token_ids: their ids;
     words: the word each new token stands for; pieces: the old ids each new token replaces;
-    skipped: (word, reason) for every word not added; report: counts, strategies, timings, config.
+    skipped: (word, reason) for every word not added; report: counts, strategies, timings, peak memory, config.
     """
 
     model: nn.Module
@@ -76,12 +77,14 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
     start = time.perf_counter()
     corpus = as_corpus(corpus)  # a path or alias is loaded, never read as one-character documents
     config = config.resolved(corpus is not None)
-    rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
-    new_model = model if config.inplace else copy.deepcopy(model)
-    reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
-    facts = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
+    with peak_memory() as peak:
+        rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
+        new_model = model if config.inplace else copy.deepcopy(model)
+        reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
+        facts = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
     lora = recommended_lora(new_model, plan.new_token_ids) if plan.entries else None
     report = expansion_report(plan, facts, config, "model", time.perf_counter() - start, lora, rows.details)
+    report["peak_memory"] = peak
     return Expansion(
         model=new_model,
         tokenizer=plan.tokenizer,

@@ -41,6 +41,12 @@ class DistillOptions:
     # 1,000 words: 4 contexts each cost 0.47 points of bits per character (BENCHMARKS.md).
     max_windows: int | None = opt(8192, "distill: cap on contexts over all words; fewer per word for large word "
                                          "lists, never fewer than min_occurrences")
+    # Prefix key/value caches kept between steps, in bytes; batches beyond read their prefix again at each use
+    # (exact, slower). None: half the free memory, at most 8 GiB (1,000 words keep all of theirs on SmolLM2,
+    # about 6 GB; on a 7B model they would need 130 GB). 0: never keep one.
+    cache_budget: int | None = opt(None, "distill: bytes of prefix key/value caches kept between steps; prefixes "
+                                         "beyond are read again at each step (0: keep none; default: half the "
+                                         "free memory, at most 8 GiB)")
 
     def __post_init__(self) -> None:
         check_int("distill_contexts", self.contexts, minimum=1)
@@ -49,6 +55,10 @@ class DistillOptions:
         check_int("distill_epochs", self.epochs, minimum=0)
         if self.max_windows is not None:
             check_int("distill_max_windows", self.max_windows, minimum=1)
+        if isinstance(self.cache_budget, float) and self.cache_budget.is_integer():  # "--distill-cache-budget 4e9"
+            object.__setattr__(self, "cache_budget", int(self.cache_budget))
+        if self.cache_budget is not None:
+            check_int("distill_cache_budget", self.cache_budget, minimum=0)
 
 
 def contexts_per_word(k: int, options: DistillOptions, min_occurrences: int) -> int:
@@ -92,7 +102,8 @@ class Distill(DataDrivenStrategy):
                       "note": "no word occurs often enough in the sample to distill"}
             return Learned(start, None, report)
         result = distill_rows(context.model, windows, start, context.n_old, free=free, epochs=options.epochs,
-                              seed=context.config.seed, progress=context.progress)
+                              seed=context.config.seed, progress=context.progress,
+                              cache_budget=options.cache_budget)
         result.report["fallback_words"] = [w for w, f in zip(context.words, free.tolist()) if not f]
         result.report["contexts_per_word"] = per_word
         return Learned(result.rows, None, result.report)

@@ -7,6 +7,12 @@ at the last piece and the same next tokens, in a few layers (Token Distillation,
 Windows stop at any other new word, so a window holds exactly one. All words train together (Adam); a
 calibration share of the windows picks the epoch with the lowest error.
 
+Memory: each step runs only the few tail tokens after a batch's prefix, reading the prefix's key/value cache.
+Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most 8 GiB:
+1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond it reads its prefix again,
+without gradient, each time it is used, and frees it after. A kept cache is never copied: each pass gets its
+own cache object over the stored tensors, which the pass extends with torch.cat and never writes.
+
 Left out: sampling the text and finding the windows (learning/), writing rows (resize.py).
 """
 
@@ -20,15 +26,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
 from ...heads import embed_with_rows, embedding_scale
 from ...learning.windows import Window
+from ...memory import available_bytes, tensor_bytes
 
 # Layers matched, as fractions of the depth (1.0: the final normalized state, the head's input).
 LAYER_FRACTIONS = (0.5, 0.75, 1.0)
 BATCH_WINDOWS = 32
 # Adam step size as a multiple of the old input rows' standard deviation.
 LR_SCALE = 0.1
+# Default budget of kept prefix caches: this share of the memory free when distillation starts (the rest is for
+# the tail passes, their gradients and what follows, e.g. fit's cached states), and never more than CACHE_CAP
+# (8 GiB keeps every cache of 1,000 words on SmolLM2-135M, about 6 GB, where recomputing would cost time).
+CACHE_SHARE = 0.5
+CACHE_CAP = 8 * 2**30
+# Cache layers whose update appends with torch.cat and assigns the result (transformers 5's DynamicCache, full
+# and sliding-window attention): a shallow copy of one grows on its own, leaving the stored tensors as they were.
+# Caches with other layers (static, quantized, linear attention) are never kept, only read again.
+APPENDING_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
 def _padded(seqs: list[list[int]], device: torch.device, left: bool = False) -> tuple[Tensor, Tensor]:
@@ -45,12 +62,41 @@ def _padded(seqs: list[list[int]], device: torch.device, left: bool = False) -> 
 
 @dataclass
 class Batch:
-    """Windows read together: the prefix's key/value cache (computed once, no gradient) and the tails."""
+    """Windows read together: their left-padded prefix ids and mask [B, P], and the prefix's key/value cache when
+    it is kept (None: the prefix is read again, without gradient, each time the batch is used)."""
 
     windows: list[Window]
-    cache: Any
+    prefix_ids: Tensor
     prefix_mask: Tensor
     calibration: bool
+    cache: Any = None
+
+
+def keepable(cache: Any) -> bool:
+    """Whether ``cache`` can serve many passes through fresh_view: a DynamicCache of appending layers only."""
+    return (type(cache) is DynamicCache and not cache.offloading
+            and all(type(layer) in APPENDING_LAYERS for layer in cache.layers))
+
+
+def fresh_view(cache: DynamicCache) -> DynamicCache:
+    """A cache for one more pass after a stored prefix, without copying a tensor: its own layer objects (with
+    their counters, e.g. a sliding layer's cumulative_length) over the stored keys and values, which the pass
+    reads and replaces in the view (torch.cat), never writes."""
+    view = copy.copy(cache)
+    view.layers = [copy.copy(layer) for layer in cache.layers]
+    return view
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes of the keys and values a cache holds."""
+    return tensor_bytes(t for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def default_budget(device: torch.device) -> int:
+    """The default budget of kept prefix caches on ``device``: CACHE_SHARE of its free memory, at most CACHE_CAP
+    (0 where the free memory cannot be told: every prefix is then read again, which is slower but bounded)."""
+    free = available_bytes(device)
+    return 0 if free is None else min(CACHE_CAP, int(CACHE_SHARE * free))
 
 
 def layer_states(model: nn.Module, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> list[Tensor]:
@@ -77,49 +123,81 @@ class DistillResult:
 
 
 class Distiller:
-    """Distill new input rows [k, d] for ``windows`` on a frozen model that lacks them. The prefixes are
-    read once: each step only runs the few tail tokens, which is where the gradient is."""
+    """Distill new input rows [k, d] for ``windows`` on a frozen model that lacks them. Each step only runs the
+    few tail tokens, which is where the gradient is, after a prefix cache: kept from the first reading while
+    ``cache_budget`` bytes allow (None: default_budget(device); 0: none kept), else read again for the step."""
 
-    def __init__(self, model: nn.Module, windows: list[Window], n_old: int):
+    def __init__(self, model: nn.Module, windows: list[Window], n_old: int, cache_budget: int | None = None):
         self.model, self.n_old = model, n_old
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
-        self.batches = []
+        self.budget = default_budget(self.device) if cache_budget is None else int(cache_budget)
+        self.kept_bytes = 0
+        self.batches: list[Batch] = []
+        self.targets: list[list[Tensor]] = []
         for side in (False, True):  # a batch holds one side, so that its error is that side's
             group = sorted((w for w in windows if w.calibration == side), key=lambda w: len(w.prefix))
-            self.batches += [self._batch(group[i : i + BATCH_WINDOWS], side) for i in range(0, len(group), BATCH_WINDOWS)]
-        self.targets = [self._teacher(b) for b in self.batches]
+            for i in range(0, len(group), BATCH_WINDOWS):
+                self._add(self._batch(group[i : i + BATCH_WINDOWS], side))
 
-    @torch.no_grad()
     def _batch(self, windows: list[Window], side: bool) -> Batch:
         ids, mask = _padded([w.prefix for w in windows], self.device, left=True)
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        out = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        return Batch(windows, out.past_key_values, mask, side)
+        return Batch(windows, ids, mask, side)
 
-    def _tail_states(self, batch: Batch, tails: list[list[int]], rows: Tensor | None) -> list[Tensor]:
+    def _add(self, batch: Batch) -> None:
+        """Read the batch's prefix once for its teacher states; keep the cache if it fits in the budget. The
+        fitting side comes first, so its batches, used every epoch with a gradient, are the ones kept."""
+        cache = self._read_prefix(batch)
+        size = cache_bytes(cache) if keepable(cache) else None
+        if size is not None and self.kept_bytes + size <= self.budget:
+            batch.cache, self.kept_bytes = cache, self.kept_bytes + size
+            cache = fresh_view(cache)
+        self.batches.append(batch)
+        self.targets.append(self._teacher(batch, cache))
+
+    @torch.no_grad()
+    def _read_prefix(self, batch: Batch) -> Any:
+        """The key/value cache of the batch's prefixes (no gradient); positions are explicit, so left padding
+        cannot shift them."""
+        positions = (batch.prefix_mask.cumsum(1) - 1).clamp_min(0)
+        out = self.model.base_model(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask,
+                                    position_ids=positions, use_cache=True)
+        return out.past_key_values
+
+    def _pass_cache(self, batch: Batch) -> Any:
+        """A prefix cache that one tail pass may extend: a view of the kept one, or the prefix read again (freed
+        with the pass)."""
+        return fresh_view(batch.cache) if batch.cache is not None else self._read_prefix(batch)
+
+    def cache_facts(self) -> dict[str, Any]:
+        """How many prefix caches are kept, their bytes and the budget (for the report)."""
+        return {"batches": len(self.batches), "kept_prefix_caches": sum(b.cache is not None for b in self.batches),
+                "kept_cache_mb": self.kept_bytes / 2**20, "cache_budget_mb": self.budget / 2**20}
+
+    def _tail_states(self, batch: Batch, tails: list[list[int]], rows: Tensor | None, cache: Any) -> list[Tensor]:
         ids, mask = _padded(tails, self.device)
         positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
         embeds = (self.model.get_input_embeddings()(ids) if rows is None
                   else embed_with_rows(self.model, ids, rows, self.n_old, self.scale))
         full_mask = torch.cat([batch.prefix_mask, mask], 1)
-        return layer_states(self.model, embeds, full_mask, positions, copy.deepcopy(batch.cache))
+        return layer_states(self.model, embeds, full_mask, positions, cache)
 
     def final_states(self, rows: Tensor, index: int) -> Tensor:
         """The head's input [B, T, d] (float32) on batch ``index``'s student tails, reading new input rows [k, d]
         (joint scores the next tokens with it)."""
         batch = self.batches[index]
-        return self._tail_states(batch, [w.student for w in batch.windows], rows)[-1].to(torch.float32)
+        states = self._tail_states(batch, [w.student for w in batch.windows], rows, self._pass_cache(batch))
+        return states[-1].to(torch.float32)
 
     @torch.no_grad()
-    def _teacher(self, batch: Batch) -> list[Tensor]:
-        states = self._tail_states(batch, [w.teacher for w in batch.windows], None)
+    def _teacher(self, batch: Batch, cache: Any) -> list[Tensor]:
+        states = self._tail_states(batch, [w.teacher for w in batch.windows], None, cache)
         return _gather(states, [w.teacher_positions for w in batch.windows])
 
     def loss(self, rows: Tensor, index: int) -> Tensor:
         """Mean relative squared error of batch ``index`` under new input rows [k, d]."""
         batch = self.batches[index]
-        states = self._tail_states(batch, [w.student for w in batch.windows], rows)
+        states = self._tail_states(batch, [w.student for w in batch.windows], rows, self._pass_cache(batch))
         student = _gather(states, [w.student_positions for w in batch.windows])
         # Relative error per state: a few positions carry huge activations (attention sinks), and an absolute
         # error would let them drown the rest.
@@ -136,15 +214,17 @@ class Distiller:
 
 
 def distill_rows(model: nn.Module, windows: list[Window], start: Tensor, n_old: int, *, free: Tensor,
-                 epochs: int, seed: int, progress: bool = True) -> DistillResult:
-    """New input rows [k, d], starting from ``start``; rows where ``free`` is False are not trained."""
+                 epochs: int, seed: int, progress: bool = True, cache_budget: int | None = None) -> DistillResult:
+    """New input rows [k, d], starting from ``start``; rows where ``free`` is False are not trained.
+    ``cache_budget``: bytes of prefix caches kept between steps (Distiller)."""
     began = time.perf_counter()
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
-        distiller = Distiller(model, windows, n_old)
+        distiller = Distiller(model, windows, n_old, cache_budget)
         result = _train(distiller, start, free, epochs, seed, progress)
+        result.report["prefix_caches"] = distiller.cache_facts()
     finally:
         for p in frozen:
             p.requires_grad_(True)

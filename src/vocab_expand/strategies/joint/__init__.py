@@ -117,7 +117,8 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
     if ratio is None:
         distill = context.config.options_for(Distill.name)
         windows = [w for w in context.windows(distill.context_tokens, distill.window) if w.calibration]
-        loss = CalibrationLoss(context.model, calibration, windows, anchor, context.n_old, cap, context.config.seed)
+        loss = CalibrationLoss(context.model, calibration, windows, anchor, context.n_old, cap, context.config.seed,
+                               distill.cache_budget)
         ratio, rows, report["input_weight_path"] = choose_input_weight(
             train, rows, start, anchor, reg, free=free, cap=cap, score=loss)
         final = _concat(train, calibration)

@@ -89,13 +89,14 @@ class CalibrationLoss:
     signal on cached calibration states (read with the anchor rows), plus the input signal measured on
     calibration windows, sum_w omega_w [nll(read E) - nll(read A)] of the tokens after the word, both with E
     in the head. omega_w: the word's weighted calibration occurrences over its scored windows, so the windows
-    stand for every calibration occurrence of their word."""
+    stand for every calibration occurrence of their word. ``cache_budget``: distill's, for the windows'
+    prefix caches (Distiller)."""
 
     def __init__(self, model: nn.Module, calibration: FitData, windows: list, anchor: Tensor, n_old: int,
-                 cap: float | None, seed: int):
+                 cap: float | None, seed: int, cache_budget: int | None = None):
         self.model, self.calibration, self.cap, self.n_old = model, calibration, cap, n_old
         windows = _at_most(windows, MAX_CALIBRATION_WINDOWS, seed)
-        self.distiller = Distiller(model, windows, n_old) if windows else None
+        self.distiller = Distiller(model, windows, n_old, cache_budget) if windows else None
         k = anchor.shape[0]
         occurrences = torch.zeros(k).index_add_(0, calibration.target.clamp_min(0),
                                                 calibration.weight * (calibration.target >= 0))
