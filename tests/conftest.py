@@ -17,6 +17,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return wrap(train_byte_level_bpe())
 
 
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer) -> Path:
+    """A tiny tied model saved as a plain transformers folder (what --model FOLDER reads)."""
+    path = tmp_path / "tiny-model"
+    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(params=LAYOUTS)
 def tiny(request, tiny_tokenizer):
     """(layout, model, tokenizer) for every layout; 'padded' has SPARE_ROWS rows beyond the tokenizer."""

@@ -13,14 +13,6 @@ from vocab_expand.cli import build_parser, main
 from helpers import make_model
 
 
-@pytest.fixture
-def model_dir(tmp_path, tiny_tokenizer):
-    path = tmp_path / "tiny-model"
-    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
     words = tmp_path / "words.txt"
     words.write_text("# comment\nJehoshaphat\nprophets\n\nthe\n", encoding="utf-8")

@@ -53,14 +53,6 @@ def test_shifted_rows_are_what_learning_on_the_twin_gives(tiny_tokenizer):
     assert not torch.allclose(shared.output, learned_on_model.output)  # the shift is real
 
 
-@pytest.fixture
-def model_dir(tmp_path, tiny_tokenizer):
-    path = tmp_path / "tiny-model"
-    make_model("tied", len(tiny_tokenizer), seed=0).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 def test_the_demo_learns_once_and_saves_the_rows_it_diagnosed(model_dir, tmp_path, monkeypatch):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TRAIN * 3) + "\n", encoding="utf-8")

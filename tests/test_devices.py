@@ -78,12 +78,17 @@ def test_a_model_dispatched_over_cpu_and_disk_gives_the_same_rows(tiny_tokenizer
 
 
 def test_a_cpu_run_never_initializes_cuda():
+    """Expanding, placing (auto) and the memory figures (peak, free memory, distill's cache budget)."""
     code = ("import sys, torch; sys.path.insert(0, 'tests'); from helpers import make_model, train_byte_level_bpe, wrap;"
-            "import vocab_expand as ve; tok = wrap(train_byte_level_bpe());"
-            "r = ve.expand(make_model('tied', len(tok)), tok, ['Jehoshaphat']);"
+            "import vocab_expand as ve; from vocab_expand.loading import resolve_device, resolve_dtype;"
+            "from vocab_expand.memory import available_bytes;"
+            "from vocab_expand.strategies.distill.maths import default_budget; tok = wrap(train_byte_level_bpe());"
+            "r = ve.expand(make_model('tied', len(tok)), tok, ['Jehoshaphat']); d = resolve_device('auto');"
+            "print(resolve_dtype('auto', d), default_budget(torch.device('cpu')) > 0,"
+            " available_bytes(torch.device('cpu')) > 0, r.report['peak_memory']['rss_mb'] > 0);"
             "print(torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert out.stdout.strip().splitlines()[-2:] == ["torch.float32 True True True", "False"]
 
 
 @pytest.mark.gpu
@@ -97,14 +102,6 @@ def test_the_pipeline_on_cuda(dtype, tiny_tokenizer, tmp_path):
 
 
 # --- where the model is loaded: load_model's device, dtype and device_map, and the CLI flags -------------------
-
-@pytest.fixture
-def model_dir(tmp_path, tiny_tokenizer):
-    path = tmp_path / "tiny-model"
-    make_model("tied", len(tiny_tokenizer)).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
 
 def test_auto_placement_is_float32_on_the_cpu_without_a_gpu():
     from vocab_expand.loading import resolve_device, resolve_dtype
