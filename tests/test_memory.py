@@ -18,7 +18,7 @@ from vocab_expand.diagnostics import _Runner, diagnose
 from vocab_expand.expansion import make_config
 from vocab_expand.generation import generations
 from vocab_expand.learning.windows import windows_in
-from vocab_expand.memory import peak_memory
+from vocab_expand.memory import peak_memory, tensor_bytes
 from vocab_expand.pairs import StrategyPair
 from vocab_expand.rows import new_rows
 from vocab_expand.strategies.distill.maths import Distiller, cache_bytes, distill_rows
@@ -81,7 +81,8 @@ def test_distilled_rows_are_the_same_whatever_the_cache_budget(kind, tiny_tokeni
     n = len(tiny_tokenizer)
     model, windows = tiny_model(kind, n), synthetic_windows(n)
     probe = Distiller(model, windows, n, cache_budget=0)
-    one_batch = cache_bytes(probe._read_prefix(probe.batches[0]))  # the first, shortest batch of 32 windows
+    # the first, shortest batch of 32 windows: its cache and its teacher states
+    one_batch = cache_bytes(probe._read_prefix(probe.batches[0])) + tensor_bytes(probe.targets[0])
     start = torch.randn(3, 16, generator=torch.Generator().manual_seed(1)) * 0.02
     runs = {budget: distill_rows(model, windows, start, n, free=torch.ones(3, dtype=torch.bool), epochs=2, seed=0,
                                  progress=False, cache_budget=budget) for budget in (0, one_batch, 2**40)}
@@ -89,6 +90,8 @@ def test_distilled_rows_are_the_same_whatever_the_cache_budget(kind, tiny_tokeni
     assert facts[0]["kept_prefix_caches"] == 0 and facts[0]["kept_cache_mb"] == 0
     assert facts[one_batch]["kept_prefix_caches"] == 1
     assert facts[2**40]["kept_prefix_caches"] == facts[2**40]["batches"] == 5
+    # teacher states beyond the budget are kept on the CPU (here the device is the CPU: only the accounting shows)
+    assert [facts[b]["teacher_states_on_cpu"] for b in (0, one_batch, 2**40)] == [5, 4, 0]
     for budget in (one_batch, 2**40):
         assert torch.equal(runs[budget].rows, runs[0].rows), budget
         assert runs[budget].report["history"] == runs[0].report["history"]
@@ -227,3 +230,28 @@ def test_peak_memory_is_reported_and_nested_measurements_see_the_inner_peak(tiny
         with peak_memory() as small:
             pass
         assert small["rss_mb"] < inner["rss_mb"]
+
+
+def test_the_default_sample_shrinks_to_the_memory_its_cached_states_may_take():
+    from vocab_expand.learning.sampling import AUTO_MAX_POSITIONS, MIN_STATES_POSITIONS, states_position_cap
+
+    assert states_position_cap(4096, 16 * 2**30) > AUTO_MAX_POSITIONS  # a normal machine: no cap
+    cap = states_position_cap(4096, 2**30)  # 1 GiB available: a quarter of it for [P, 4096] float32 states
+    assert cap * 4 * 4096 <= 2**30 / 4 < (cap + 64) * 4 * (4096 + 8)
+    assert states_position_cap(8192, 2**20) == MIN_STATES_POSITIONS and states_position_cap(8192, None) is None
+
+
+def test_a_tight_memory_cap_gives_a_smaller_sample(tiny_tokenizer, monkeypatch):
+    import vocab_expand.memory as memory
+
+    train = [t for t in TINY_TEXT for _ in range(40)] + [
+        f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(200)]
+    corpus = Corpus("tiny", train=train, heldout=train[-6:])
+    model = make_model("untied", len(tiny_tokenizer))
+    config = make_config(input_init="mean", output_init="fit")
+    plan = plan_tokens(tiny_tokenizer, ["Jehoshaphat", "prophets"], config)
+    roomy = new_rows(model, plan, config, corpus).details["sample"]
+    # 16-wide states at 4 + 8 floats a position... so little memory that the cap binds at its floor
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
+    tight = new_rows(model, plan, config, corpus).details["sample"]
+    assert tight["budget"] == 4096 < roomy["budget"], (tight["budget"], roomy["budget"])

@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..config import ExpandConfig
 from ..forward import PassStats, run_pass
 from ..tokenization import start_token_id
-from .sampling import DomainSample, sample_domain
+from .sampling import DomainSample, sample_domain, states_position_cap
 from .windows import Window, windows_in
 
 if TYPE_CHECKING:
@@ -100,6 +101,13 @@ class LearnContext:
     def sample_key(self) -> tuple[Any, ...]:
         return ("sample", self.config.seed, self.config.sampling, self.tail)
 
+    def position_cap(self) -> int | None:
+        """The default sample's cap: the positions whose cached states fit in the CPU's available memory."""
+        from ..memory import available_bytes
+
+        d = self.model.get_input_embeddings().weight.shape[1]
+        return states_position_cap(d, available_bytes(torch.device("cpu")))
+
     def sample(self) -> DomainSample:
         """The weighted sample of the training text (drawn once per seed, sampling options and tail)."""
         if not self.needs & {"sample", "states", "windows"}:
@@ -111,7 +119,7 @@ class LearnContext:
                                             max_positions=options.max_positions, seed=self.config.seed,
                                             min_sampled_occurrences=options.min_sampled_occurrences,
                                             calibration_fraction=options.calibration_fraction, tail=self.tail,
-                                            progress=self.progress)
+                                            progress=self.progress, position_cap=self.position_cap())
         return self.cache[key]
 
     def windows(self, context: int, after: int) -> list[Window]:

@@ -48,6 +48,10 @@ CHUNK_TOKENS = 256
 NEW_WORD_SHARE = 0.75
 AUTO_MIN_POSITIONS = 24_576
 AUTO_MAX_POSITIONS = 131_072
+# The cached states (float32 [P, d], kept on the CPU) may take this share of the available memory; the default
+# budget shrinks to fit it (an explicit max_positions is taken as given), never below MIN_STATES_POSITIONS.
+STATES_SHARE = 0.25
+MIN_STATES_POSITIONS = 4_096
 BATCH_DOCUMENTS = 512
 # pi = 1 is held as this, so that log(1 - pi) stays finite.
 ALMOST_ONE = 1.0 - 1e-12
@@ -153,10 +157,12 @@ def sample_domain(
     seed: int,
     tail: int = 0,
     progress: bool = True,
+    position_cap: int | None = None,
 ) -> DomainSample:
     """Sample chunks of ``documents`` (tokenized by the expanded ``tokenizer``) for fitting ``k`` new tokens.
 
-    max_positions: the budget (None: what min_sampled_occurrences per word costs, within the AUTO_ bounds);
+    max_positions: the budget (None: what min_sampled_occurrences per word costs, within the AUTO_ bounds, and
+    at most ``position_cap``: the positions whose cached states fit in memory, see states_position_cap);
     tail: tokens kept (unweighted) after each chunk's last kept position, for distillation windows.
     """
     if not documents:
@@ -167,7 +173,8 @@ def sample_domain(
         raise InvalidInputError("none of the new words occurs in the training text, so there is nothing to fit them to; "
                          "use a corpus that contains them, or mean/subword rows, which need no text")
     wanted = min_sampled_occurrences / (1.0 - calibration_fraction)
-    budget = max_positions if max_positions is not None else auto_budget(occ, counts, wanted)
+    budget = max_positions if max_positions is not None else min(auto_budget(occ, counts, wanted),
+                                                                 position_cap or AUTO_MAX_POSITIONS)
     pi_word, rate = anchor_probabilities(occ, counts, wanted, budget)
     rng = np.random.default_rng(seed)
     is_cal = rng.random(len(occ.lengths)) < calibration_fraction
@@ -209,6 +216,15 @@ def _post_stratified(occ: Occurrences, is_cal: np.ndarray, chosen: np.ndarray, i
         flat[mine] *= scale[stratum[mine]]
     bounds = np.cumsum([len(c) for c in ids])[:-1]
     return [torch.tensor(w, dtype=torch.float32) for w in np.split(flat, bounds)]
+
+
+def states_position_cap(d: int, available: int | None) -> int | None:
+    """The most positions whose cached states (float32 [P, d] on the CPU, plus a few floats each) fit in
+    STATES_SHARE of ``available`` bytes, never below MIN_STATES_POSITIONS; None where memory cannot be told.
+    Example: d = 4,096 and 16 GiB available give 262,080 (above AUTO_MAX_POSITIONS: no cap)."""
+    if available is None:
+        return None
+    return max(MIN_STATES_POSITIONS, int(STATES_SHARE * available) // (4 * (d + 8)))
 
 
 def auto_budget(occ: Occurrences, counts: np.ndarray, wanted: float) -> int:

@@ -132,7 +132,7 @@ class Distiller:
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         self.budget = default_budget(self.device) if cache_budget is None else int(cache_budget)
-        self.kept_bytes = 0
+        self.kept_bytes, self.targets_on_cpu = 0, 0
         self.batches: list[Batch] = []
         self.targets: list[list[Tensor]] = []
         for side in (False, True):  # a batch holds one side, so that its error is that side's
@@ -146,14 +146,22 @@ class Distiller:
 
     def _add(self, batch: Batch) -> None:
         """Read the batch's prefix once for its teacher states; keep the cache if it fits in the budget. The
-        fitting side comes first, so its batches, used every epoch with a gradient, are the ones kept."""
+        fitting side comes first, so its batches, used every epoch with a gradient, are the ones kept. The
+        teacher states (float32, a few positions x d per window) count in the same budget, before the caches;
+        beyond it they are kept on the CPU and brought to the device for each use."""
         cache = self._read_prefix(batch)
         size = cache_bytes(cache) if keepable(cache) else None
-        if size is not None and self.kept_bytes + size <= self.budget:
+        keep = size is not None and self.kept_bytes + size <= self.budget
+        targets = self._teacher(batch, fresh_view(cache) if keep else cache)
+        if self.kept_bytes + tensor_bytes(targets) <= self.budget:
+            self.kept_bytes += tensor_bytes(targets)
+        else:
+            targets = [t.cpu() for t in targets]
+            self.targets_on_cpu += 1
+        if keep and self.kept_bytes + size <= self.budget:
             batch.cache, self.kept_bytes = cache, self.kept_bytes + size
-            cache = fresh_view(cache)
         self.batches.append(batch)
-        self.targets.append(self._teacher(batch, cache))
+        self.targets.append(targets)
 
     @torch.no_grad()
     def _read_prefix(self, batch: Batch) -> Any:
@@ -172,7 +180,8 @@ class Distiller:
     def cache_facts(self) -> dict[str, Any]:
         """How many prefix caches are kept, their bytes and the budget (for the report)."""
         return {"batches": len(self.batches), "kept_prefix_caches": sum(b.cache is not None for b in self.batches),
-                "kept_cache_mb": self.kept_bytes / 2**20, "cache_budget_mb": self.budget / 2**20}
+                "kept_cache_mb": self.kept_bytes / 2**20, "cache_budget_mb": self.budget / 2**20,
+                "teacher_states_on_cpu": self.targets_on_cpu}
 
     def _tail_states(self, batch: Batch, tails: list[list[int]], rows: Tensor | None, cache: Any) -> list[Tensor]:
         ids, mask = _padded(tails, self.device)
@@ -201,8 +210,8 @@ class Distiller:
         student = _gather(states, [w.student_positions for w in batch.windows])
         # Relative error per state: a few positions carry huge activations (attention sinks), and an absolute
         # error would let them drown the rest.
-        errors = [((s - t).pow(2).sum(1) / t.pow(2).sum(1).clamp_min(1e-12)).mean()
-                  for s, t in zip(student, self.targets[index])]
+        targets = [t.to(s.device) for s, t in zip(student, self.targets[index])]  # no copy where already there
+        errors = [((s - t).pow(2).sum(1) / t.pow(2).sum(1).clamp_min(1e-12)).mean() for s, t in zip(student, targets)]
         return torch.stack(errors).mean()
 
     def error(self, rows: Tensor, calibration: bool) -> float:
