@@ -142,3 +142,23 @@ def test_clear_errors(tiny_tokenizer):
     with pytest.raises(ValueError, match="both be 0"):
         JointOptions(input_weight=0.0, output_weight=0.0)
     assert not expand(tied, tiny_tokenizer, WORDS, tie_policy="untie", corpus=CORPUS, **FAST).report["tied"]
+
+
+def test_the_input_weight_walk_goes_up_when_its_first_weight_is_the_best(monkeypatch):
+    """Down from 1e-2 until the calibration loss rises; up from 1e-2 when 1e-2 won the way down (gemma3-270m's
+    case), so a best weight above the starting one is still found."""
+    import math
+
+    from vocab_expand.strategies.joint import objective
+
+    def solve(train, rows, mean_row, anchor, reg, ratio, **kwargs):  # the rows remember their weight
+        return torch.tensor([1e6 if math.isinf(ratio) else ratio], dtype=torch.float64)
+
+    monkeypatch.setattr(objective, "solve_joint", solve)
+    for best in (1e-3, 1.0):
+        score = lambda rows, best=best: abs(math.log10(max(rows.item(), 1e-9)) - math.log10(best))
+        chosen, rows, path = objective.choose_input_weight(None, None, None, None, 1e-3, free=None, cap=None,
+                                                           score=score)
+        assert chosen == best and rows.item() == best
+        tried = [p["input_weight"] for p in path]
+        assert tried == (["inf", 1e-2, 1e-3, 1e-4] if best == 1e-3 else ["inf", 1e-2, 1e-3, 1e-1, 1.0, 10.0])

@@ -31,10 +31,11 @@ from ..distill.maths import Distiller
 from ..fit.solve import PATH_MAX_ITER, FitData, mean_nll, objective, solve_rows
 
 # Input weights tried, strongest first (the distilled rows themselves come before them, 0 = `fit` after them);
-# each solve starts from the previous one's rows, like fit's REG_PATH. It starts at 1e-2: on SmolLM2 and
-# gemma3-270m the calibration loss fell from the distilled rows to 1e-3 and rose after it, and 1e-1 only cost a
-# solve (issue #15's 1.2x cost target).
+# each solve starts from the previous one's rows, like fit's REG_PATH. The walk starts at 1e-2 and goes up
+# (STRONGER) only when 1e-2 is the best of the way down: SmolLM2 (100 words) is best at 1e-3, so starting
+# higher only cost solves (issue #15's 1.2x cost target); gemma3-270m was best at 1e-2 on the way down.
 INPUT_WEIGHT_PATH = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0)
+STRONGER = (1e-1, 1.0, 10.0)
 # Calibration windows scored for the input signal: each costs a few positions x vocabulary logits per try.
 MAX_CALIBRATION_WINDOWS = 256
 
@@ -69,18 +70,28 @@ def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor:
                         free: Tensor, cap: float | None, score: Callable[[Tensor], float]
                         ) -> tuple[float, Tensor, list[dict[str, float | str]]]:
     """(w_in / w_out, its rows, the path): the distilled rows, then INPUT_WEIGHT_PATH with warm starts until
-    the calibration ``score`` (nats per position) rises; the lowest score wins."""
-    rows = solve_joint(train, start, mean_row, anchor, reg, math.inf, free=free, cap=cap, max_iter=0)
-    path: list[dict[str, float | str]] = [{"input_weight": "inf", "calibration_nats": score(rows)}]
-    best = (path[0]["calibration_nats"], math.inf, rows)
-    for ratio in INPUT_WEIGHT_PATH:
-        rows = solve_joint(train, rows, mean_row, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER)
-        value = score(rows)
-        path.append({"input_weight": ratio, "calibration_nats": value})
-        if value < best[0]:
-            best = (value, ratio, rows)
-        elif len(path) > 2 and path[-2]["calibration_nats"] < value:
-            break  # risen: weaker pulls toward the distilled row only lose more on the input side
+    the calibration ``score`` (nats per position) rises, then STRONGER the same way if the first weight was the
+    best; the lowest score wins."""
+    anchor_rows = solve_joint(train, start, mean_row, anchor, reg, math.inf, free=free, cap=cap, max_iter=0)
+    path: list[dict[str, float | str]] = [{"input_weight": "inf", "calibration_nats": score(anchor_rows)}]
+    best = (path[0]["calibration_nats"], math.inf, anchor_rows)
+
+    def walk(ratios: tuple[float, ...], rows: Tensor) -> None:
+        nonlocal best
+        last = math.inf
+        for ratio in ratios:
+            rows = solve_joint(train, rows, mean_row, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER)
+            value = score(rows)
+            path.append({"input_weight": ratio, "calibration_nats": value})
+            if value < best[0]:
+                best = (value, ratio, rows)
+            if value > last:
+                return  # risen: further along, the pull only loses more
+            last = value
+
+    walk(INPUT_WEIGHT_PATH, anchor_rows)
+    if best[1] == INPUT_WEIGHT_PATH[0]:
+        walk(STRONGER, best[2])
     return best[1], best[2], path
 
 
