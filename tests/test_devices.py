@@ -183,3 +183,13 @@ def test_the_cli_loads_in_the_dtype_asked_and_refuses_a_missing_gpu_before_any_w
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "no CUDA GPU" in err, err
         assert not target.exists()
+
+
+def test_batches_grow_to_fill_a_gpu_and_stay_bounded_on_the_cpu(monkeypatch):
+    import vocab_expand.memory as memory
+    from vocab_expand.forward import LOGIT_BUDGET, LOGIT_BUDGET_MAX, logit_budget
+
+    assert logit_budget(torch.device("cpu")) == LOGIT_BUDGET
+    for free, expected in ((80 * 2**30, LOGIT_BUDGET_MAX), (6 * 2**30, 6 * 2**30 // 48), (2**20, LOGIT_BUDGET)):
+        monkeypatch.setattr(memory, "available_bytes", lambda device, free=free: free)
+        assert logit_budget(torch.device("cuda")) == expected

@@ -24,6 +24,21 @@ from .resize import embedding_layout
 
 # Logits are [batch tokens x vocabulary] floats: 2^27 of them is 512 MB, so big vocabularies get smaller batches.
 LOGIT_BUDGET = 2**27
+# On a GPU the batches grow to fill it: the logits (and their float32 reductions, about 3 copies) may take this
+# share of its free memory, up to LOGIT_BUDGET_MAX logits.
+GPU_LOGIT_SHARE = 0.25
+LOGIT_BUDGET_MAX = 2**30
+
+
+def logit_budget(device: torch.device) -> int:
+    """Logits one batch may hold: LOGIT_BUDGET on the CPU; on a GPU, what GPU_LOGIT_SHARE of its free memory
+    holds (three float32 copies), within [LOGIT_BUDGET, LOGIT_BUDGET_MAX]. E.g. 60 GB free: 2^30."""
+    if device.type != "cuda":
+        return LOGIT_BUDGET
+    from .memory import available_bytes
+
+    free = available_bytes(device) or 0
+    return int(min(LOGIT_BUDGET_MAX, max(LOGIT_BUDGET, GPU_LOGIT_SHARE * free / 12)))
 
 
 @dataclass
@@ -90,7 +105,7 @@ def run_pass(
     layout = embedding_layout(model)
     if layout.output is None:
         raise InvalidTypeError("the model has no output head to diagnose")
-    max_tokens = max(256, LOGIT_BUDGET // layout.output.weight.shape[0])
+    max_tokens = max(256, logit_budget(layout.output.weight.device) // layout.output.weight.shape[0])
     captured: list[Tensor] = []
     hook = layout.output.register_forward_hook(lambda mod, args, out: captured.append(args[0]))
     parts: list[PassStats] = []
