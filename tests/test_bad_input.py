@@ -148,13 +148,20 @@ def test_failure_while_writing_keeps_the_old_output(existing_output):
     assert digest(existing_output) == before and no_temporaries(existing_output.parent)
 
 
-def test_disk_full_while_saving_is_one_line(model_dir, existing_output, tmp_path, capsys, monkeypatch):
-    def full(self, path, **kwargs):
+@pytest.mark.parametrize("method", ["model", "checkpoint"])
+def test_disk_full_while_saving_is_one_line(method, model_dir, existing_output, tmp_path, capsys, monkeypatch):
+    import vocab_expand.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(type(make_model("tied", 8)), "save_pretrained", full)
-    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(existing_output), "--force"],
-                capsys, "No space left on device", model_dir, existing_output)
+    if method == "model":  # the model loaded and saved
+        monkeypatch.setattr(type(make_model("tied", 8)), "save_pretrained", full)
+    else:  # the folder rewritten on disk (static strategies, no corpus)
+        monkeypatch.setattr(checkpoint, "write_weights", full)
+    extra = ["--load-model"] if method == "model" else []
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(existing_output), "--force",
+                 *extra], capsys, "No space left on device", model_dir, existing_output)
     assert no_temporaries(tmp_path)
 
 
@@ -232,7 +239,7 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(expansion, "expand", buggy)
     with pytest.raises(TypeError, match="a bug inside"):
-        main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")])
+        main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--load-model", "-o", str(tmp_path / "o")])
     with pytest.raises(OutputNotWritableError):  # and the API raises the family, which stays a PermissionError
         vio.check_output_dir(tmp_path / "model" / "notes.txt" / "x")
 

@@ -99,12 +99,19 @@ def test_shortcuts_equal_brute_force(tiny_tokenizer, layout):
         assert row["bpc_after"] == pytest.approx(nll / math.log(2) / chars, rel=1e-5)
 
 
-def test_twin_has_the_same_distribution_and_negative_logits(tiny_tokenizer):
-    model = make_model("tied", len(tiny_tokenizer), seed=1)
+@pytest.mark.parametrize("layout", ["tied", "untied"])
+def test_twin_has_the_same_distribution_and_negative_logits(layout, tiny_tokenizer):
+    model = make_model(layout, len(tiny_tokenizer), seed=1)
     with torch.no_grad():  # a shared direction in the final states, as real models have
         model.model.norm.weight.add_(3.0)
         model.get_input_embeddings().weight.add_(0.5)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
     twin = negative_logit_twin(model, tiny_tokenizer, CORPUS, margin=20.0)
+    # the twin shares every weight but its head: no copy of the body
+    twin_params = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        assert (twin_params[name] is p) == (name != "lm_head.weight"), name
+    assert all(torch.equal(p, before[name]) for name, p in model.state_dict().items())  # original intact
     ids = tiny_tokenizer(DOCS, return_tensors="pt", padding=True)
     with torch.no_grad():
         a, b = model(**ids).logits, twin(**ids).logits
@@ -112,7 +119,7 @@ def test_twin_has_the_same_distribution_and_negative_logits(tiny_tokenizer):
     assert b[mask].max() < -20
     assert (torch.log_softmax(a, -1) - torch.log_softmax(b, -1))[mask].abs().max() < 1e-3
     assert twin.get_output_embeddings().weight.data_ptr() != twin.get_input_embeddings().weight.data_ptr()
-    assert torch.equal(model.get_output_embeddings().weight, model.get_input_embeddings().weight)  # original intact
+    assert twin.get_input_embeddings().weight is model.get_input_embeddings().weight
 
 
 def test_bad_input(tiny_tokenizer):

@@ -47,7 +47,8 @@ def negative_logit_twin(
     *,
     max_tokens: int = 4000,
 ) -> nn.Module:
-    """A copy of ``model`` with the same next-token distribution whose logits are all below -margin.
+    """A copy of ``model`` with the same next-token distribution whose logits are all below -margin. It shares
+    every weight with ``model`` but its head (copy_sharing_weights), so it costs one head matrix, not a model.
 
     alpha = SAFETY * max over sampled positions of (max logit + margin) / (h.u). Raises ValueError if some
     hidden state has h.u <= 0 (the shift would then raise its logits, not lower them).
@@ -66,7 +67,7 @@ def negative_logit_twin(
         raise InvalidInputError("no direction has a positive projection on every sampled hidden state, so no shift of "
                          "this kind lowers every logit of this model")
     alpha = SAFETY * ((stats.max_logit + margin) / projection).max().clamp_min(0).item()
-    twin = copy.deepcopy(model)
+    twin = copy_sharing_weights(model)
     layout = embedding_layout(twin)
     if layout.tied:
         untie(twin, layout)
@@ -75,6 +76,17 @@ def negative_logit_twin(
     min_cos = (projection / stats.hidden.norm(dim=1)).min().item()
     twin.config.negative_logit_twin = {"alpha": alpha, "margin": margin, "min_cosine": min_cos}
     return twin
+
+
+def copy_sharing_weights(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (its own modules and config) that shares every parameter and buffer with it except an
+    untied head's weight, which is copied: the twin changes only its head, so a 70B model is not copied whole.
+    A tied head is shared here and untied by the caller (untie gives it its own matrix)."""
+    layout = embedding_layout(model)
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    if not layout.tied:
+        shared.pop(id(layout.output.weight))
+    return copy.deepcopy(model, memo=shared)
 
 
 def shifted_rows(rows: "NewRows", model: nn.Module, twin: nn.Module) -> "NewRows":
