@@ -175,3 +175,17 @@ def test_words_absent_from_the_held_out_split_are_listed(tiny_tokenizer):
     row = d.strategies["mean"]
     assert row["kl"]["max"] <= row["hewitt_bound_nats"] + 1e-6 and "bpc_after" not in row
     assert "SAFE" in row["verdict"]
+
+
+def test_batched_generations_are_each_prompts_own(tiny_tokenizer):
+    """The prompts run as one left-padded batch; greedy continuations are those of each prompt alone."""
+    from vocab_expand.generation import generations
+
+    model = make_model("tied", len(tiny_tokenizer), seed=2)
+    prompts = ["And Jehoshaphat said", "In the beginning God created the heaven", "Then"]
+    settings = (tiny_tokenizer.padding_side, tiny_tokenizer.pad_token)
+    together = generations(model, tiny_tokenizer, prompts, 8, 0, new_ids={5})
+    alone = [generations(model, tiny_tokenizer, [p], 8, 0, new_ids={5})[0] for p in prompts]
+    assert [r["greedy"] for r in together] == [r["greedy"] for r in alone]
+    assert all(r["greedy"] and "greedy_new_token_share" in r for r in together)
+    assert (tiny_tokenizer.padding_side, tiny_tokenizer.pad_token) == settings  # the tokenizer left as it was

@@ -126,12 +126,11 @@ def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=
     kept statistics come back to the CPU in float32, reduced from the logits in float32 whatever the model's
     dtype (a bf16 log Z is off by up to 0.07 nats)."""
     device = model.get_input_embeddings().weight.device
-    width = max(len(sequences[i]) for i in group)
-    ids = torch.full((len(group), width + 1), start_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, i in enumerate(group):
-        ids[row, 1 : len(sequences[i]) + 1] = torch.tensor(sequences[i])
-        mask[row, : len(sequences[i]) + 1] = 1
+    rows = [torch.tensor([start_id, *sequences[i]], dtype=torch.long) for i in group]
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=start_id)  # [B, width + 1]
+    width = ids.shape[1] - 1
+    mask = (torch.arange(width + 1).unsqueeze(0) < lengths.unsqueeze(1)).long()
     captured.clear()
     inputs, attention = ids[:, :-1].to(device), mask[:, :-1].to(device)
     if input_rows is None:
