@@ -25,14 +25,15 @@ from .resize import embedding_layout
 # Logits are [batch tokens x vocabulary] floats: 2^27 of them is 512 MB, so big vocabularies get smaller batches.
 LOGIT_BUDGET = 2**27
 # On a GPU the batches grow to fill it: the logits (and their float32 reductions, about 3 copies) may take this
-# share of its free memory, up to LOGIT_BUDGET_MAX logits.
+# share of its free memory, up to LOGIT_BUDGET_MAX logits (about 3 GB with the copies: with distill's kept
+# caches, a big model's peak stays within its weights + 8 GB).
 GPU_LOGIT_SHARE = 0.25
-LOGIT_BUDGET_MAX = 2**30
+LOGIT_BUDGET_MAX = 2**28
 
 
 def logit_budget(device: torch.device) -> int:
     """Logits one batch may hold: LOGIT_BUDGET on the CPU; on a GPU, what GPU_LOGIT_SHARE of its free memory
-    holds (three float32 copies), within [LOGIT_BUDGET, LOGIT_BUDGET_MAX]. E.g. 60 GB free: 2^30."""
+    holds (three float32 copies), within [LOGIT_BUDGET, LOGIT_BUDGET_MAX]. E.g. 60 GB free: 2^28."""
     if device.type != "cuda":
         return LOGIT_BUDGET
     from .memory import available_bytes

@@ -8,7 +8,7 @@ Windows stop at any other new word, so a window holds exactly one. All words tra
 calibration share of the windows picks the epoch with the lowest error.
 
 Memory: each step runs only the few tail tokens after a batch's prefix, reading the prefix's key/value cache.
-Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most 8 GiB:
+Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most 4 GiB:
 1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond it reads its prefix again,
 without gradient, each time it is used, and frees it after. A kept cache is never copied: each pass gets its
 own cache object over the stored tensors, which the pass extends with torch.cat and never writes.
@@ -38,10 +38,11 @@ BATCH_WINDOWS = 32
 # Adam step size as a multiple of the old input rows' standard deviation.
 LR_SCALE = 0.1
 # Default budget of kept prefix caches: this share of the memory free when distillation starts (the rest is for
-# the tail passes, their gradients and what follows, e.g. fit's cached states), and never more than CACHE_CAP
-# (8 GiB keeps every cache of 1,000 words on SmolLM2-135M, about 6 GB, where recomputing would cost time).
+# the tail passes, their gradients and what follows, e.g. fit's cached states), and never more than CACHE_CAP:
+# with the forward pass's logits (forward.logit_budget) it keeps a big model's peak within its weights + 8 GB
+# (issue #14); 1,000 words on SmolLM2-135M (about 6 GB of caches) then read a third of their prefixes again.
 CACHE_SHARE = 0.5
-CACHE_CAP = 8 * 2**30
+CACHE_CAP = 4 * 2**30
 # Cache layers whose update appends with torch.cat and assigns the result (transformers 5's DynamicCache, full
 # and sliding-window attention): a shallow copy of one grows on its own, leaving the stored tensors as they were.
 # Caches with other layers (static, quantized, linear attention) are never kept, only read again.
