@@ -107,8 +107,8 @@ def test_a_kept_cache_is_never_written_and_none_is_kept_with_budget_0(kind, tiny
     n = len(tiny_tokenizer)
     model, windows = tiny_model(kind, n), synthetic_windows(n)
     rows = torch.randn(3, 16, generator=torch.Generator().manual_seed(2)) * 0.02
-    kept = Distiller(model, windows, n, cache_budget=None)
-    assert all(b.cache is not None for b in kept.batches)  # the tiny caches fit in the default budget
+    kept = Distiller(model, windows, n, cache_budget=2**40)
+    assert all(b.cache is not None for b in kept.batches)
     stored = [[(layer.keys.clone(), layer.values.clone(), getattr(layer, "cumulative_length", None))
                for layer in b.cache.layers] for b in kept.batches]
     losses = [kept.loss(rows, i) for i in range(len(kept.batches))]
@@ -255,3 +255,16 @@ def test_a_tight_memory_cap_gives_a_smaller_sample(tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
     tight = new_rows(model, plan, config, corpus).details["sample"]
     assert tight["budget"] == 4096 < roomy["budget"], (tight["budget"], roomy["budget"])
+
+
+def test_the_default_cache_budget_scales_with_the_model_and_the_free_memory(monkeypatch):
+    import vocab_expand.strategies.distill.maths as maths
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(maths, "available_bytes", lambda device: 64 * 2**30)
+    assert maths.default_budget(cpu) == maths.CACHE_CAP  # 4 GiB at most
+    assert maths.default_budget(cpu, weights=2 * 2**30) == 2**30  # half a 1B bf16 body's weights
+    monkeypatch.setattr(maths, "available_bytes", lambda device: 2**30)
+    assert maths.default_budget(cpu, weights=2 * 2**30) == 2**29  # half the free memory
+    monkeypatch.setattr(maths, "available_bytes", lambda device: None)
+    assert maths.default_budget(cpu, weights=2**30) == 0  # unknown: keep none (exact, slower)

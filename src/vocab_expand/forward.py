@@ -22,8 +22,9 @@ from .errors import InvalidInputError, InvalidTypeError
 from .heads import embed_with_rows
 from .resize import embedding_layout
 
-# Logits are [batch tokens x vocabulary] floats: 2^27 of them is 512 MB, so big vocabularies get smaller batches.
-LOGIT_BUDGET = 2**27
+# Logits are [batch tokens x vocabulary] floats: 2^26 of them is 256 MB (and a float32 copy of a half-precision
+# model's, and logsumexp's temporaries), so big vocabularies get smaller batches.
+LOGIT_BUDGET = 2**26
 # On a GPU the batches grow to fill it: the logits (and their float32 reductions, about 3 copies) may take this
 # share of its free memory, up to LOGIT_BUDGET_MAX logits (about 3 GB with the copies: with distill's kept
 # caches, a big model's peak stays within its weights + 8 GB).

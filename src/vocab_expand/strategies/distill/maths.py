@@ -8,7 +8,7 @@ Windows stop at any other new word, so a window holds exactly one. All words tra
 calibration share of the windows picks the epoch with the lowest error.
 
 Memory: each step runs only the few tail tokens after a batch's prefix, reading the prefix's key/value cache.
-Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most 4 GiB:
+Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most half the model's weights and 4 GiB:
 1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond it reads its prefix again,
 without gradient, each time it is used, and frees it after. A kept cache is never copied: each pass gets its
 own cache object over the stored tensors, which the pass extends with torch.cat and never writes.
@@ -43,6 +43,9 @@ LR_SCALE = 0.1
 # (issue #14); 1,000 words on SmolLM2-135M (about 6 GB of caches) then read a third of their prefixes again.
 CACHE_SHARE = 0.5
 CACHE_CAP = 4 * 2**30
+# ... and never more than this multiple of the model's weights, so the overhead scales with the model (a 1B bf16
+# body on the CPU stays within 2.5x its weights; SmolLM2 in float32 keeps about half of 100 words' caches).
+CACHE_WEIGHTS_SHARE = 0.5
 # Cache layers whose update appends with torch.cat and assigns the result (transformers 5's DynamicCache, full
 # and sliding-window attention): a shallow copy of one grows on its own, leaving the stored tensors as they were.
 # Caches with other layers (static, quantized, linear attention) are never kept, only read again.
@@ -93,11 +96,13 @@ def cache_bytes(cache: Any) -> int:
     return tensor_bytes(t for layer in cache.layers for t in (layer.keys, layer.values))
 
 
-def default_budget(device: torch.device) -> int:
+def default_budget(device: torch.device, weights: int | None = None) -> int:
     """The default budget of kept prefix caches on ``device``: CACHE_SHARE of its free memory, at most CACHE_CAP
-    (0 where the free memory cannot be told: every prefix is then read again, which is slower but bounded)."""
+    and CACHE_WEIGHTS_SHARE x ``weights`` (the model's bytes) where given (0 where the free memory cannot be
+    told: every prefix is then read again, which is slower but bounded)."""
     free = available_bytes(device)
-    return 0 if free is None else min(CACHE_CAP, int(CACHE_SHARE * free))
+    caps = [CACHE_CAP] + ([int(CACHE_WEIGHTS_SHARE * weights)] if weights else [])
+    return 0 if free is None else min(*caps, int(CACHE_SHARE * free))
 
 
 def layer_states(model: nn.Module, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> list[Tensor]:
@@ -132,7 +137,8 @@ class Distiller:
         self.model, self.n_old = model, n_old
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
-        self.budget = default_budget(self.device) if cache_budget is None else int(cache_budget)
+        weights = tensor_bytes(model.parameters())
+        self.budget = default_budget(self.device, weights) if cache_budget is None else int(cache_budget)
         self.kept_bytes, self.targets_on_cpu = 0, 0
         self.batches: list[Batch] = []
         self.targets: list[list[Tensor]] = []
