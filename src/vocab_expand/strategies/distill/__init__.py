@@ -42,11 +42,11 @@ class DistillOptions:
     max_windows: int | None = opt(8192, "distill: cap on contexts over all words; fewer per word for large word "
                                          "lists, never fewer than min_occurrences")
     # Prefix key/value caches kept between steps, in bytes; batches beyond read their prefix again at each use
-    # (exact, slower). None: half the free memory, at most half the model's weights and 4 GiB (1,000 words on SmolLM2 would keep about 6 GB;
-    # on a 7B model 130 GB). 0: never keep one.
+    # (exact, slower). None: half the free memory, at most half the model's weights and 4 GiB (1,000 words on
+    # SmolLM2 would keep about 6 GB; on a 7B model 130 GB). 0: never keep one.
     cache_budget: int | None = opt(None, "distill: bytes of prefix key/value caches kept between steps; prefixes "
                                          "beyond are read again at each step (0: keep none; default: half the "
-                                         "free memory, at most 4 GiB)")
+                                         "free memory, at most half the model's weights and 4 GiB)")
 
     def __post_init__(self) -> None:
         check_int("distill_contexts", self.contexts, minimum=1)
