@@ -9,7 +9,8 @@ Cases (--cases, comma-separated):
 - demo         `vocab-expand demo` end to end, timed as a subprocess.
 
 For each model case and each --words count: mine that many words of the corpus's train split, time
-`expand(model, tokenizer, words, corpus=corpus)` with the defaults, then time `diagnose` with the six strategies
+`expand(model, tokenizer, words, corpus=corpus, inplace=True)` with the defaults (in place, as the CLI does: the
+default returns a deep copy of the model), then time `diagnose` with the six strategies
 that need no text and bits per character (no generations). Peak memory per step: torch's peak allocated on
 CUDA, and the process's peak RSS (its high-water mark reset before each step where Linux allows it).
 
@@ -24,6 +25,7 @@ most 10 minutes; on the 2-core CPU, the Llama-3.2-1B-shaped bf16 body with peak 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import subprocess
 import sys
@@ -89,14 +91,18 @@ def run_model_case(case: str, args, device: torch.device, dtype: torch.dtype, co
            "parameters": sum(p.numel() for p in model.parameters()), "weights_gb": weights_bytes(model) / 2**30,
            "tied": model.get_input_embeddings().weight is getattr(model.get_output_embeddings(), "weight", None),
            "load": load, "expand": {}, "options": options}
+    n_old = model.get_input_embeddings().weight.shape[0]
     for k in [int(w) for w in args.words.split(",")]:
         words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
-        result, facts = timed(lambda: expand(model, tokenizer, words, corpus=corpus, progress=args.progress,
-                                             **options), device)
+        # in place, as the CLI does and as a big model needs (expand's default returns a deep copy); the model
+        # is then shrunk back to its old rows (bit-exact copies), and the tokenizer was a copy
+        result, facts = timed(lambda: expand(model, copy.deepcopy(tokenizer), words, corpus=corpus, inplace=True,
+                                             progress=args.progress, **options), device)
         row["expand"][str(k)] = {**facts, "tokens_added": len(result.new_tokens),
                                  "strategies": f"{result.report['input_strategy']}/{result.report['output_strategy']}",
                                  "parameters_added": result.report["parameters_added"]}
         del result
+        model.resize_token_embeddings(n_old)
     words = [c.word for c in mine(tokenizer, corpus, int(args.words.split(",")[0]), progress=False)]
     found, facts = timed(lambda: diagnose(model, tokenizer, words, corpus, NO_TEXT, max_tokens=args.max_tokens,
                                           generate=False, progress=args.progress, **options), device)
