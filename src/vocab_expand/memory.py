@@ -73,15 +73,23 @@ def _reset_rss_peak() -> bool:
         return False
 
 
-def _rss_peak_bytes() -> int:
-    """Peak RSS in bytes: VmHWM (Linux, resettable), else getrusage's maximum (the process's lifetime)."""
+def _proc_bytes(path: str, field: str) -> int | None:
+    """A "FIELD: N kB" line of a /proc file, in bytes; None off Linux. E.g. ("/proc/meminfo", "MemAvailable:")."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _rss_peak_bytes() -> int:
+    """Peak RSS in bytes: VmHWM (Linux, resettable), else getrusage's maximum (the process's lifetime)."""
+    peak = _proc_bytes("/proc/self/status", "VmHWM:")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # Windows
@@ -110,13 +118,9 @@ def available_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = _proc_bytes("/proc/meminfo", "MemAvailable:")
+    if available is not None:
+        return available
     try:
         import psutil
     except ImportError:
