@@ -5,11 +5,11 @@
    -20: the situation of GPT-2 small or Gemma-2b, where zero and random rows collapse generation).
 3. Expand with the defaults for a model with domain text (distill/fit, or joint on a tied model's shared row,
    learned from the train split) and save it.
+4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
+   (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 
 The rows are learned once: the twin's are the model's shifted as its head was (twin.shifted_rows, exact), and
 the saved expansion writes the rows the diagnosis already learned (apply_plan with Diagnosis.rows).
-4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
-   (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
 from .report import demo_summary, table, write_into
-from .pairs import StrategyPair
+from .config import AUTO_WITH_TEXT
 from .twin import negative_logit_twin, shifted_rows
 
-# The expand defaults with domain text: "auto" on both sides (distill/fit, joint on a tied model's shared row).
-DEFAULT_PAIR = "distill/fit"
+# expand's default with domain text, as diagnose names it (distill/fit; joint on a tied model's shared row).
+DEFAULT_PAIR = "/".join(AUTO_WITH_TEXT)
 
 
 def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathLike, force: bool,
@@ -50,9 +50,7 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
                     label=f"{model_name} negative-logit twin", rows=learned)
     del twin_model
     print(table(twin))
-    default = StrategyPair.parse(DEFAULT_PAIR)
-    config = make_config(input_init="auto", output_init="auto", inplace=True)
-    result = apply_plan(model, original.plan, config, original.rows[default.name], corpus=corpus)
+    result = apply_plan(model, original.plan, make_config(inplace=True), original.rows[DEFAULT_PAIR], corpus=corpus)
     with atomic_directory(output, force=force) as tmp:
         result.save(tmp / "model")
         write_json(tmp / "mined.json", {"candidates": [c.to_dict() for c in found], "heldout": saving})

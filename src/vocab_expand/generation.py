@@ -21,13 +21,14 @@ def generations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed:
     prompts = list(prompts)
     if not prompts:
         return []
-    batch = _left_padded(tokenizer, prompts, model.get_input_embeddings().weight.device)
     stop = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop if stop is not None else 0
+    batch = _left_padded(tokenizer, prompts, pad, model.get_input_embeddings().weight.device)
     out: list[dict[str, Any]] = [{"prompt": p} for p in prompts]
     for mode in ("greedy", "sampled"):
         torch.manual_seed(seed)
         ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=mode == "sampled",
-                             pad_token_id=stop if stop is not None else batch["input_ids"][0, -1].item())
+                             pad_token_id=pad)
         for row, generated in zip(out, ids[:, batch["input_ids"].shape[1]:].tolist()):
             continuation = generated[: generated.index(stop) + 1] if stop in generated else generated
             row[mode] = tokenizer.decode(continuation, skip_special_tokens=True)
@@ -36,12 +37,11 @@ def generations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed:
     return out
 
 
-def _left_padded(tokenizer, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+def _left_padded(tokenizer, prompts: list[str], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask [B, T], padded on the left (so every prompt ends where generation starts);
     the tokenizer's own padding settings are left as they were."""
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     width = max(map(len, encoded))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

@@ -189,6 +189,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[name]
 
 
+def _placement(device: torch.device, device_map: str | dict | None, max_memory: dict | None) -> dict[str, Any]:
+    """from_pretrained's placement options: Accelerate's dispatch (layers past the devices go to a folder of
+    this process's own, removed when it exits), or straight onto one device (nothing for the CPU)."""
+    if device_map is None:
+        return {"device_map": str(device)} if device.type != "cpu" else {}
+    import atexit
+    import shutil
+    import tempfile
+
+    (cache_dir() / "offload").mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="offload-", dir=cache_dir() / "offload")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return {"device_map": device_map, "offload_folder": folder, **({"max_memory": max_memory} if max_memory else {})}
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -206,7 +221,7 @@ def load_model(
     bfloat16 or float16. ``device_map="auto"``: Accelerate's big-model dispatch over every GPU, then the CPU,
     then disk (for a model larger than one device); ``device`` is then not used. ``max_memory`` caps what the
     dispatch puts on each device, as Accelerate takes it (e.g. {0: "70GiB", "cpu": "100GiB"}); past the caps,
-    layers are offloaded to disk (in the cache folder's offload/).
+    layers are offloaded to disk (a folder of this process's own in the cache folder's offload/).
     """
     if device_map is not None and device_map != "auto" and not isinstance(device_map, dict):
         raise InvalidInputError(f"device_map must be 'auto' (or a dict of module -> device), got {device_map!r}")
@@ -214,10 +229,7 @@ def load_model(
     weights = resolve_dtype(dtype, where)
     target, local = resolve(name_or_path)
     options = dict(trust_remote_code=trust_remote_code, **({} if local else hub_options(target)))
-    placement: dict[str, Any] = ({"device_map": device_map, "offload_folder": str(cache_dir() / "offload"),
-                                  **({"max_memory": max_memory} if max_memory else {})}
-                                 if device_map is not None else
-                                 {"device_map": str(where)} if where.type != "cpu" else {})
+    placement = _placement(where, device_map, max_memory)
     with unreadable_as_corrupt(Path(target)) if local else hub_errors(target):
         config = AutoConfig.from_pretrained(target, **options)
         tokenizer = AutoTokenizer.from_pretrained(target, **options)

@@ -8,8 +8,9 @@ Windows stop at any other new word, so a window holds exactly one. All words tra
 calibration share of the windows picks the epoch with the lowest error.
 
 Memory: each step runs only the few tail tokens after a batch's prefix, reading the prefix's key/value cache.
-Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most half the model's weights and 4 GiB:
-1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond it reads its prefix again,
+Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most half the
+model's weights and 4 GiB: 1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond
+it reads its prefix again,
 without gradient, each time it is used, and frees it after. A kept cache is never copied: each pass gets its
 own cache object over the stored tensors, which the pass extends with torch.cat and never writes.
 
@@ -157,16 +158,15 @@ class Distiller:
         teacher states (float32, a few positions x d per window) count in the same budget, before the caches;
         beyond it they are kept on the CPU and brought to the device for each use."""
         cache = self._read_prefix(batch)
-        size = cache_bytes(cache) if keepable(cache) else None
-        keep = size is not None and self.kept_bytes + size <= self.budget
-        targets = self._teacher(batch, fresh_view(cache) if keep else cache)
+        reusable = keepable(cache)
+        targets = self._teacher(batch, fresh_view(cache) if reusable else cache)
         if self.kept_bytes + tensor_bytes(targets) <= self.budget:
             self.kept_bytes += tensor_bytes(targets)
         else:
             targets = [t.cpu() for t in targets]
             self.targets_on_cpu += 1
-        if keep and self.kept_bytes + size <= self.budget:
-            batch.cache, self.kept_bytes = cache, self.kept_bytes + size
+        if reusable and self.kept_bytes + cache_bytes(cache) <= self.budget:
+            batch.cache, self.kept_bytes = cache, self.kept_bytes + cache_bytes(cache)
         self.batches.append(batch)
         self.targets.append(targets)
 
