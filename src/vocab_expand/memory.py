@@ -2,9 +2,9 @@
 device (distillation sizes its kept key/value caches by it).
 
 Peak resident memory (RSS) of this process: on Linux the high-water mark is reset at the start of the call
-(writing "5" to /proc/self/clear_refs) and read from VmHWM in /proc/self/status at its end; where the reset is
-not permitted, or elsewhere (getrusage), the figure is the process's peak since it started, and says so
-("rss_scope": "process"). GPU memory: torch's peak allocated bytes over the call, read only where CUDA is
+(writing "5" to /proc/self/clear_refs) and read from VmHWM in /proc/self/status at its end. Where the reset is
+not permitted or does not take (the mark stays above the current RSS), or elsewhere (getrusage), the figure is
+the process's peak since it started, and says so ("rss_scope": "process"). GPU memory: torch's peak allocated bytes over the call, read only where CUDA is
 already initialized, so that a CPU-only run never initializes it.
 
 Left out: memory of other processes or of the GPU outside torch's allocator; what to do with the figures.
@@ -63,14 +63,19 @@ def peak_memory() -> Iterator[dict[str, Any]]:
             figures["cuda_mb"] = watch.cuda_peak / MB
 
 
+RESET_SLACK = 4 * MB  # the kernel's RSS counters may lag this much behind the high-water mark
+
+
 def _reset_rss_peak() -> bool:
-    """Reset this process's peak RSS to its current RSS (Linux); False where that is not possible."""
+    """Reset this process's peak RSS to its current RSS (Linux); False where that is not possible, including
+    where the write is taken but ignored (some sandboxes): the mark must then read the current RSS."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return True
     except OSError:
         return False
+    peak, now = _proc_bytes("/proc/self/status", "VmHWM:"), _proc_bytes("/proc/self/status", "VmRSS:")
+    return peak is not None and now is not None and peak <= now + RESET_SLACK
 
 
 def _proc_bytes(path: str, field: str) -> int | None:
