@@ -137,6 +137,9 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
     "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
     "bench_layouts.py": ["--corpus", "{corpus}", "--verses", "60", "--words", "3", "--layouts", "llama3_tiny,unigram_tiny"],
     "bench_tokenize.py": ["--models", "{model}", "--corpus", "{corpus}", "--sizes", "5", "--repeats", "1"],
+    "bench_recipe.py": ["--model", "{model}", "--corpus", "{corpus}", "--words", "{words}", "--strategies",
+                        "hf_default,mean", "--steps", "2", "--eval-every", "1", "--batch-size", "2", "--seq-len", "16",
+                        "--warmup-steps", "0", "--eval-tokens", "200", "--quiet", "--figure", "recipe.png"],
     "bench_scale.py": ["--device", "cpu", "--dtype", "float32", "--cases", "body:tiny,model:{model}", "--tokenizer",
                        "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200",
                        "--set", "fit_max_positions=2000", "--set", "distill_epochs=1"],
@@ -153,6 +156,7 @@ def bench_inputs(tmp_path_factory, tiny_tokenizer):
     lines = [t for t in TINY_TEXT for _ in range(10)] + [
         f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(60)]
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "words.txt").write_text("Jehoshaphat\nprophets\n", encoding="utf-8")
     return root
 
 
@@ -163,7 +167,8 @@ def test_every_benchmark_is_covered():
 @pytest.mark.parametrize("script", sorted(SMALLEST))
 def test_benchmark_runs_at_its_smallest_setting(script, bench_inputs, tmp_path):
     """A refactor that breaks a benchmark fails here, so BENCHMARKS.md stays reproducible."""
-    args = [a.format(model=bench_inputs / "model", corpus=bench_inputs / "corpus.txt") for a in SMALLEST[script]]
+    args = [a.format(model=bench_inputs / "model", corpus=bench_inputs / "corpus.txt", words=bench_inputs / "words.txt")
+            for a in SMALLEST[script]]
     out = tmp_path / "result.json"
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args, "--out", str(out)], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
