@@ -221,13 +221,18 @@ def test_peak_memory_is_reported_and_nested_measurements_see_the_inner_peak(tiny
     for peak in (expansion.report["peak_memory"], diagnosis.figures["peak_memory"]):
         assert peak["rss_mb"] > 0 and peak["rss_scope"] in ("call", "process")
         assert ("cuda_mb" in peak) == torch.cuda.is_initialized()
+    import mmap
+
     from vocab_expand.memory import MB, _proc_bytes
 
     with peak_memory() as outer:
         before = _proc_bytes("/proc/self/status", "VmRSS:")
         with peak_memory() as inner:
-            held = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
-        del held
+            # 64 MB of fresh pages, all touched: a torch tensor could reuse memory the allocator still holds
+            held = mmap.mmap(-1, 64 * MB)
+            for page in range(0, 64 * MB, mmap.PAGESIZE):
+                held[page] = 1
+        held.close()  # unmapped: the process holds less again
     assert inner["rss_mb"] > 60 and outer["rss_mb"] >= inner["rss_mb"]
     if before is not None:  # Linux: the inner peak holds the 64 MB over what the process held
         assert inner["rss_mb"] >= before / MB + 60
