@@ -60,10 +60,12 @@ def tiny_world(tmp_path, monkeypatch):
         return CORPUS
 
     real_compare = ve.compare
-    monkeypatch.setattr(loading, "load_model", load_model)
-    monkeypatch.setattr(experiments, "load_corpus", load_corpus)
+    # vocab_expand's names first: its lazy __getattr__ would otherwise read (and keep, after the test) the
+    # already patched loading.load_model as the "original"
     monkeypatch.setattr(ve, "load_model", load_model)
     monkeypatch.setattr(ve, "load_corpus", load_corpus)
+    monkeypatch.setattr(loading, "load_model", load_model)
+    monkeypatch.setattr(experiments, "load_corpus", load_corpus)
     monkeypatch.setattr(ve, "compare", lambda *a, **k: real_compare(*a, **{**k, **FAST, "progress": False}))
     monkeypatch.chdir(tmp_path)
     return tmp_path
