@@ -33,7 +33,8 @@ def peak_rss_mb() -> float:
 
 
 def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True,
-        options: dict | None = None, untied: list[str] | None = None, cost_only: bool = False) -> dict:
+        options: dict | None = None, untied: list[str] | None = None, cost_only: bool = False,
+        split_tied_gap: bool = False) -> dict:
     options = options or {}
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
@@ -51,9 +52,29 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
         apart = diagnose(model, tokenizer, words, corpus, untied, max_tokens=max_tokens, generate=False,
                          learned_cache=learned, **{**options, "tie_policy": "untie"})
         rows.update({f"{name} (untied)": _row(row) for name, row in apart.strategies.items()})
+        if split_tied_gap:
+            rows.update(tied_gap_split(model, tokenizer, words, corpus, found.rows, apart.rows,
+                                       dict(max_tokens=max_tokens, generate=False, learned_cache=learned,
+                                            **{**options, "tie_policy": "untie"})))
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
             "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options}
+
+
+def tied_gap_split(model, tokenizer, words: list[str], corpus, tied_rows: dict, untied_rows: dict, options: dict) -> dict:
+    """joint (one row E) against the untied distill/fit (input A, output F), split into reading and predicting:
+    the untied model diagnosed again with (A, E) and with (E, F). Rows "read A, predict E" and "read E,
+    predict F"; with the two pairs above, the four corners of the gap."""
+    import dataclasses
+
+    if "joint" not in tied_rows or "distill/fit" not in untied_rows:
+        raise SystemExit("--split-tied-gap needs joint among --strategies and distill/fit among --untied, on a tied model")
+    shared, base = tied_rows["joint"].input, untied_rows["distill/fit"]
+    corners = {"read A, predict E": dataclasses.replace(base, output=shared),
+               "read E, predict F": dataclasses.replace(base, input=shared)}
+    return {name: _row(diagnose(model, tokenizer, words, corpus, ["distill/fit"], rows={"distill/fit": rows},
+                                **options).strategies["distill/fit"])
+            for name, rows in corners.items()}
 
 
 def _row(row: dict) -> dict:
@@ -129,6 +150,9 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the timed expands (rows are computed in diagnose)")
     parser.add_argument("--cost-only", action="store_true",
                         help="only the timed expands (untie, then the default), no diagnosis")
+    parser.add_argument("--split-tied-gap", action="store_true",
+                        help="also diagnose the untied model reading joint's row with fit's head, and distill's row "
+                             "with joint's head (needs joint and --untied distill/fit on a tied model)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
@@ -137,7 +161,8 @@ def main() -> None:
     corpus = load_corpus(args.corpus)
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
-                   options=options, untied=[s for s in args.untied.split(",") if s], cost_only=args.cost_only)
+                   options=options, untied=[s for s in args.untied.split(",") if s], cost_only=args.cost_only,
+                   split_tied_gap=args.split_tied_gap)
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:

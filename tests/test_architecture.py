@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,8 @@ def bench_inputs(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("bench")
     make_model("untied", len(tiny_tokenizer)).save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
+    make_model("tied", len(tiny_tokenizer)).save_pretrained(root / "tied")
+    tiny_tokenizer.save_pretrained(root / "tied")
     lines = [t for t in TINY_TEXT for _ in range(10)] + [
         f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(60)]
     (root / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -174,3 +177,20 @@ def test_benchmark_runs_at_its_smallest_setting(script, bench_inputs, tmp_path):
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_bench_fit_splits_the_tied_gap_into_reading_and_predicting(bench_inputs, tmp_path):
+    """--split-tied-gap: joint's row and the untied pair's rows swapped, each corner diagnosed on the tied model."""
+    out = tmp_path / "split.json"
+    args = ["--models", str(bench_inputs / "tied"), "--corpus", str(bench_inputs / "corpus.txt"), "--words", "2",
+            "--max-tokens", "200", "--strategies", "joint", "--untied", "distill/fit", "--split-tied-gap",
+            "--no-timing", "--set", "fit_max_positions=2000", "--set", "distill_epochs=1", "--out", str(out)]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fit.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text(encoding="utf-8"))[0]["strategies"]
+    assert set(rows) == {"joint", "distill/fit (untied)", "read A, predict E", "read E, predict F"}
+    assert rows["joint"]["tied"] and not rows["read A, predict E"]["tied"]
+    assert all(math.isfinite(row["bpc_after"]) for row in rows.values())
+    untied = rows["distill/fit (untied)"]["bpc_after"]  # each corner swaps in rows of its own, so its figure moves
+    assert rows["read A, predict E"]["bpc_after"] != untied and rows["read E, predict F"]["bpc_after"] != untied
