@@ -61,14 +61,13 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
             "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options}
 
 
-def tied_gap_split(model, tokenizer, words: list[str], corpus, tied_rows: dict, untied_rows: dict, options: dict) -> dict:
+def tied_gap_split(model, tokenizer, words: list[str], corpus, tied_rows: dict, untied_rows: dict,
+                   options: dict) -> dict:
     """joint (one row E) against the untied distill/fit (input A, output F), split into reading and predicting:
     the untied model diagnosed again with (A, E) and with (E, F). Rows "read A, predict E" and "read E,
     predict F"; with the two pairs above, the four corners of the gap."""
     import dataclasses
 
-    if "joint" not in tied_rows or "distill/fit" not in untied_rows:
-        raise SystemExit("--split-tied-gap needs joint among --strategies and distill/fit among --untied, on a tied model")
     shared, base = tied_rows["joint"].input, untied_rows["distill/fit"]
     corners = {"read A, predict E": dataclasses.replace(base, output=shared),
                "read E, predict F": dataclasses.replace(base, input=shared)}
@@ -158,6 +157,8 @@ def main() -> None:
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.split_tied_gap and not ("joint" in args.strategies.split(",") and "distill/fit" in args.untied.split(",")):
+        parser.error("--split-tied-gap needs joint among --strategies and distill/fit among --untied")
     corpus = load_corpus(args.corpus)
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,

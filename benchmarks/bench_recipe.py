@@ -39,8 +39,9 @@ def arm_options(arm: str, args: argparse.Namespace) -> dict:
 
 def run_arms(args: argparse.Namespace) -> dict[str, dict]:
     from vocab_expand import compare, load_corpus
+    from vocab_expand.cli import read_words
 
-    words = [w.strip() for w in Path(args.words).read_text(encoding="utf-8").splitlines() if w.strip()]
+    words = read_words(args)  # the CLI's reading of a words file, checks included
     corpus = load_corpus(args.corpus)
     return {arm: compare(args.model, corpus, words, args.strategies, Path(args.runs) / arm, force=args.force,
                          progress=not args.quiet, **arm_options(arm, args)).to_dict()
@@ -66,7 +67,7 @@ def table(arms: dict[str, dict]) -> list[dict]:
         target = reference[-1]["bits_per_character"] if reference else None
         for strategy, records in evaluations.items():
             reached = [r["step"] for r in records if target is not None and r["bits_per_character"] <= target]
-            rows.append({"arm": arm, "strategy": strategy, "rates": comparison["config"]["train"].get("learning_rate"),
+            rows.append({"arm": arm, "strategy": strategy, "rate": comparison["config"]["train"].get("learning_rate"),
                          "new_rows_rate": comparison["config"]["train"].get("lr_new_rows"),
                          "steps": [r["step"] for r in records],
                          "bits_per_character": [r["bits_per_character"] for r in records],
@@ -82,7 +83,7 @@ def draw(rows: list[dict], label: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(sorted({r["arm"] for r in rows}, key=lambda a: (ARMS + (a,)).index(a)), plt.cm.tab10.colors))
+    colours = dict(zip(dict.fromkeys(r["arm"] for r in rows), plt.cm.tab10.colors))  # arms in their order
     styles = {s: ("--", "-", ":", "-.")[i % 4] for i, s in enumerate(dict.fromkeys(r["strategy"] for r in rows))}
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for r in rows:
@@ -136,7 +137,7 @@ def main() -> None:
     for r in rows:
         bpc = " | ".join(f"{b:.4f}" for b in r["bits_per_character"])
         adoption = " -> ".join("n/a" if a is None else f"{100 * a:.0f}%" for a in r["adoption"])
-        print(f"| {r['arm']} | {r['strategy']} | {r['rates']:g} ({r['new_rows_rate'] or r['rates']:g}) | {bpc} | "
+        print(f"| {r['arm']} | {r['strategy']} | {r['rate']:g} ({r['new_rows_rate'] or r['rate']:g}) | {bpc} | "
               f"{r['steps_to_reference_final']} | {adoption} |")
 
 

@@ -4,8 +4,8 @@ device (distillation sizes its kept key/value caches by it).
 Peak resident memory (RSS) of this process: on Linux the high-water mark is reset at the start of the call
 (writing "5" to /proc/self/clear_refs) and read from VmHWM in /proc/self/status at its end. Where the reset is
 not permitted or does not take (the mark stays above the current RSS), or elsewhere (getrusage), the figure is
-the process's peak since it started, and says so ("rss_scope": "process"). GPU memory: torch's peak allocated bytes over the call, read only where CUDA is
-already initialized, so that a CPU-only run never initializes it.
+the process's peak since it started, and says so ("rss_scope": "process"). GPU memory: torch's peak allocated
+bytes over the call, read only where CUDA is already initialized, so that a CPU-only run never initializes it.
 
 Left out: memory of other processes or of the GPU outside torch's allocator; what to do with the figures.
 """

@@ -10,9 +10,9 @@ calibration share of the windows picks the epoch with the lowest error.
 Memory: each step runs only the few tail tokens after a batch's prefix, reading the prefix's key/value cache.
 Those caches are kept between steps up to a budget (bytes; by default half the free memory, at most half the
 model's weights and 4 GiB: 1,000 words cost about 6 GB on a 135M model and 130 GB on a 7B one); a batch beyond
-it reads its prefix again,
-without gradient, each time it is used, and frees it after. A kept cache is never copied: each pass gets its
-own cache object over the stored tensors, which the pass extends with torch.cat and never writes.
+it reads its prefix again, without gradient, each time it is used, and frees it after. A kept cache is never
+copied: each pass gets its own cache object over the stored tensors, which the pass extends with torch.cat and
+never writes.
 
 Left out: sampling the text and finding the windows (learning/), writing rows (resize.py).
 """
