@@ -162,3 +162,20 @@ def test_the_input_weight_walk_goes_up_when_its_first_weight_is_the_best(monkeyp
         assert chosen == best and rows.item() == best
         tried = [p["input_weight"] for p in path]
         assert tried == (["inf", 1e-2, 1e-3, 1e-4] if best == 1e-3 else ["inf", 1e-2, 1e-3, 1e-1, 1.0, 10.0])
+
+
+def test_the_scored_windows_stand_for_every_calibration_occurrence():
+    """More words than scored windows (1,000 words, 256 windows): the occurrences of words without a window are
+    shared out over the scored ones, so the input signal counts every calibration occurrence, not a quarter."""
+    from vocab_expand.strategies.joint.objective import window_weights
+
+    target = torch.tensor([0, 0, 0, 1, 2, 2, -1, -1, -1, -1])  # word 0: 3 occurrences, 1: 1, 2: 2, 3: none
+    data = FitData(torch.zeros(10, 2), torch.zeros(10), target, torch.zeros(10), torch.ones(10))
+    omega = window_weights(data, [0, 0, 1], k=4)  # word 0 has two windows, word 1 one, words 2 and 3 none
+    per_window = omega[torch.tensor([0, 0, 1])]
+    assert per_window.sum().item() == pytest.approx(6 / 10)  # all 6 occurrences, per calibration position
+    assert omega[0].item() == pytest.approx(3 / 2 * 6 / 4 / 10) and omega[1].item() == pytest.approx(1 * 6 / 4 / 10)
+    assert omega[2].item() == 0 and omega[3].item() == 0
+    every = window_weights(data, [0, 1, 2], k=4)  # every word scored: each stands for its own occurrences
+    assert every.tolist() == pytest.approx([3 / 10, 1 / 10, 2 / 10, 0.0])
+    assert window_weights(data, [], k=4).sum().item() == 0
