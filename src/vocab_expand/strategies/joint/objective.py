@@ -99,9 +99,9 @@ class CalibrationLoss:
     """What the tied model loses on the calibration slice with new rows E, in nats per position: the output
     signal on cached calibration states (read with the anchor rows), plus the input signal measured on
     calibration windows, sum_w omega_w [nll(read E) - nll(read A)] of the tokens after the word, both with E
-    in the head. omega_w: the word's weighted calibration occurrences over its scored windows, so the windows
-    stand for every calibration occurrence of their word. ``cache_budget``: distill's, for the windows'
-    prefix caches (Distiller)."""
+    in the head. omega_w (window_weights): the word's weighted calibration occurrences over its scored windows,
+    scaled up by the share of words left without a window, so the windows stand for every calibration
+    occurrence. ``cache_budget``: distill's, for the windows' prefix caches (Distiller)."""
 
     def __init__(self, model: nn.Module, calibration: FitData, windows: list, anchor: Tensor, n_old: int,
                  cap: float | None, seed: int, cache_budget: int | None = None):
