@@ -15,7 +15,7 @@ from vocab_expand import expand
 from vocab_expand.corpus import Corpus
 from vocab_expand.strategies.fit.solve import FitData, objective
 from vocab_expand.strategies.joint import JointOptions
-from vocab_expand.strategies.joint.objective import joint_objective, occurrence_share, pull, solve_joint
+from vocab_expand.strategies.joint.objective import joint_objective, pull, solve_joint
 
 WORDS = ["Jehoshaphat", "prophets", "Tokyo"]
 TRAIN = [t for t in TINY_TEXT for _ in range(12)] + [
@@ -71,18 +71,16 @@ def random_problem(seed: int, positions: int = 300, k: int = 3, d: int = 5) -> F
 
 
 @pytest.mark.parametrize("weights", [(1.0, 1.0), (0.05, 1.0), (2.0, 0.5)])
-@pytest.mark.parametrize("shared_out", [False, True])
-def test_the_joint_objective_goes_down_to_its_minimum(weights, shared_out):
+def test_the_joint_objective_goes_down_to_its_minimum(weights):
     w_in, w_out = weights
     data = random_problem(0)
-    share = occurrence_share(data, 3) if shared_out else None
     g = torch.Generator().manual_seed(1)
     mean, anchor = torch.randn(1, 5, generator=g).expand(3, 5).clone(), torch.randn(3, 5, generator=g)
     free = torch.ones(3, dtype=torch.bool)
-    rows = solve_joint(data, mean, mean, anchor, 1e-2, w_in / w_out, free=free, cap=None, max_iter=200, share=share)
+    rows = solve_joint(data, mean, mean, anchor, 1e-2, w_in / w_out, free=free, cap=None, max_iter=200)
 
     def J(e: torch.Tensor) -> torch.Tensor:
-        return joint_objective(e, data, mean, anchor, 1e-2, w_in, w_out, share=share)
+        return joint_objective(e, data, mean, anchor, 1e-2, w_in, w_out)
 
     found = J(rows).item()
     assert found < min(J(mean).item(), J(anchor).item()) - 1e-4
@@ -106,31 +104,6 @@ def test_the_combined_pull_equals_the_two_pulls():
     assert torch.equal(pull(mean, anchor, 0.3, 0.0)[0], mean)
     torch.testing.assert_close(objective(rows, data, center, strength) + 0.5 * constant,
                                joint_objective(rows, data, mean, anchor, 0.3, 0.7, 1.0))
-    share = torch.tensor([3.0, 0.0, 0.5])  # per word: a frequent one, one never seen, a rare one
-    center, strength = pull(mean, anchor, 0.3, 0.7, share)
-    pi = share.unsqueeze(1)
-    both = 0.3 * (rows - mean).pow(2).sum() + 0.7 * (pi * (rows - anchor).pow(2)).sum()
-    constant = 0.3 * (center - mean).pow(2).sum() + 0.7 * (pi * (center - anchor).pow(2)).sum()
-    torch.testing.assert_close(both, (strength * (rows - center).pow(2)).sum() + constant)
-    torch.testing.assert_close(center[1], mean[1])  # never seen: fit's pull alone
-    torch.testing.assert_close(objective(rows, data, center, strength) + 0.5 * constant,
-                               joint_objective(rows, data, mean, anchor, 0.3, 0.7, 1.0, share=share))
-
-
-def test_the_input_pull_follows_each_words_occurrences():
-    """The model reads a word at each occurrence, so the pull toward its distilled row grows with them: shares
-    of the weighted occurrences times k; a word seen 3 times as often is pulled 3 times as hard."""
-    target = torch.tensor([0, 0, 0, 1, -1, 0, -1])
-    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 5.0])
-    data = FitData(torch.zeros(7, 2), torch.zeros(7), target, torch.zeros(7), weight)
-    torch.testing.assert_close(occurrence_share(data, 3), torch.tensor([4.0, 1.0, 0.0]) * 3 / 5)
-    none = FitData(torch.zeros(2, 2), torch.zeros(2), torch.tensor([-1, -1]), torch.zeros(2), torch.ones(2))
-    assert torch.equal(occurrence_share(none, 3), torch.ones(3))
-    mean, anchor = torch.zeros(3, 2), torch.ones(3, 2)
-    center, strength = pull(mean, anchor, 1.0, 1.0, occurrence_share(data, 3))
-    assert center[0, 0] > center[1, 0] > center[2, 0] == 0  # the frequent word sits closest to its distilled row
-    with pytest.raises(ValueError, match="joint_input_pull"):
-        JointOptions(input_pull="by-length")
 
 
 def test_input_weight_0_is_fit_and_output_weight_0_is_distill_on_the_shared_row(tiny_tokenizer):

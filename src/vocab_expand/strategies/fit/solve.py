@@ -95,15 +95,12 @@ def _chunk_nll(rows: Tensor, data: FitData, start: int, cap: float | None) -> Te
     return (data.weight[start:stop] * (log_z - target_logit)).sum()
 
 
-def objective(rows: Tensor, data: FitData, mean_row: Tensor, reg: float | Tensor, cap: float | None = None) -> Tensor:
-    """L(R): weighted mean loss per position plus reg/2 sum_j |r_j - mu|^2; ``reg`` a float, or one strength
-    per row [k, 1] (joint's pull, weighted by each word's occurrences)."""
-    squares = (rows - mean_row).pow(2)
-    pull = 0.5 * (reg * squares).sum() if isinstance(reg, Tensor) else 0.5 * reg * squares.sum()
-    return nll(rows, data, cap) / data.weight.sum() + pull
+def objective(rows: Tensor, data: FitData, mean_row: Tensor, reg: float, cap: float | None = None) -> Tensor:
+    """L(R): weighted mean loss per position plus reg/2 sum_j |r_j - mu|^2."""
+    return nll(rows, data, cap) / data.weight.sum() + 0.5 * reg * (rows - mean_row).pow(2).sum()
 
 
-def solve_rows(data: FitData, start: Tensor, mean_row: Tensor, reg: float | Tensor, *, free: Tensor | None = None,
+def solve_rows(data: FitData, start: Tensor, mean_row: Tensor, reg: float, *, free: Tensor | None = None,
                cap: float | None = None, max_iter: int = MAX_ITER) -> Tensor:
     """argmin_R L(R) [k, d] by L-BFGS from ``start``; rows where ``free`` [k] is False stay at ``start``."""
     free = torch.ones(start.shape[0], dtype=torch.bool) if free is None else free

@@ -4,8 +4,7 @@ A tied model reads and predicts each token with one row, so the distilled input 
 output row (`fit`) cannot both be kept without untying the head (28M more parameters on SmolLM2, 168M on
 Gemma 3 270M). `joint` keeps the model tied and fits the one row e_w against both signals on the train split:
 - the input signal: the model reading e_w reproduces what it computed from the old pieces (distill's rows A,
-  Token Distillation, Dobler et al. 2026), as a pull toward A, each word's weighted by its share of the
-  occurrences (the model reads the word at each one);
+  Token Distillation, Dobler et al. 2026), as a pull toward A;
 - the output signal: the expanded model's cross-entropy on the domain text, on states cached with A as input,
   with fit's L2 pull toward the mean row (Hewitt 2021) and its strength chosen on the calibration slice.
 The weight of the input signal is chosen on the calibration slice too, by what the tied model loses there
@@ -31,16 +30,13 @@ import torch
 from torch import Tensor
 
 from ...errors import InvalidInputError
-from ...options import check_choice, opt
+from ...options import opt
 from ..base import DataDrivenStrategy, Learned, RowRequest, register_strategy
 from ..distill import Distill
 from ..fit import cached_positions
 
 if TYPE_CHECKING:
     from ...learning.context import LearnContext
-
-
-INPUT_PULLS = ("occurrences", "uniform")
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,6 @@ class JointOptions:
                                            "0 gives fit's row (default: chosen on a calibration slice)")
     # 0 keeps the distilled rows (distill's on a shared row); the scale of J does not change its minimizer.
     output_weight: float = opt(1.0, "joint: weight of the output signal (fit's loss and pull); 0 gives distill's row")
-    # The model reads a word at each occurrence, so the input signal is a sum over occurrences (objective.py).
-    input_pull: str = opt("occurrences", "joint: how the pull toward the distilled row is shared out over the "
-                                         "words: 'occurrences' (each word's share of its train occurrences) or "
-                                         "'uniform' (the same for every word)")
 
     def __post_init__(self) -> None:
         if self.input_weight is not None and not self.input_weight >= 0:
@@ -63,7 +55,6 @@ class JointOptions:
                              f"got {self.input_weight}")
         if not self.output_weight >= 0:
             raise InvalidInputError(f"joint_output_weight must be >= 0, got {self.output_weight}")
-        check_choice("joint_input_pull", self.input_pull, INPUT_PULLS)
         if self.output_weight == 0 and self.input_weight == 0:
             raise InvalidInputError("joint_input_weight and joint_output_weight cannot both be 0")
 
@@ -110,14 +101,13 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
     the input weight chosen on the calibration slice, then the final solve on fitting and calibration positions."""
     from ...heads import softcap
     from ..fit.solve import MAX_ITER, _concat, choose_reg
-    from .objective import CalibrationLoss, choose_input_weight, occurrence_share, solve_joint
+    from .objective import CalibrationLoss, choose_input_weight, solve_joint
 
     cached = cached_positions(context)
     train, calibration = cached.data.select(~cached.calibration), cached.data.select(cached.calibration)
     cap, free, reg = softcap(context.model), cached.free, context.config.options_for("fit").reg
     report: dict[str, Any] = {"output_weight": options.output_weight, **cached.facts(context.words)}
     rows, final = start, train
-    share = occurrence_share(train, anchor.shape[0]) if options.input_pull == "occurrences" else None
     if reg is None:
         if calibration.hidden.shape[0] == 0:
             raise InvalidInputError("no calibration positions to choose fit_reg on: give more text, or set fit_reg")
@@ -130,9 +120,8 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
         loss = CalibrationLoss(context.model, calibration, windows, anchor, context.n_old, cap, context.config.seed,
                                distill.cache_budget)
         ratio, rows, report["input_weight_path"] = choose_input_weight(
-            train, rows, start, anchor, reg, free=free, cap=cap, score=loss, share=share)
+            train, rows, start, anchor, reg, free=free, cap=cap, score=loss)
         final = _concat(train, calibration)
-    rows = solve_joint(final, rows, start, anchor, reg, ratio, free=free, cap=cap, max_iter=MAX_ITER, share=share)
-    report.update({"reg": reg, "input_weight": "inf" if math.isinf(ratio) else ratio * options.output_weight,
-                   "input_pull": options.input_pull})
+    rows = solve_joint(final, rows, start, anchor, reg, ratio, free=free, cap=cap, max_iter=MAX_ITER)
+    report.update({"reg": reg, "input_weight": "inf" if math.isinf(ratio) else ratio * options.output_weight})
     return rows, report

@@ -4,17 +4,12 @@ For new rows E [k, d] of a tied model, with A the distilled rows (the minimizer 
 reading e_w reproduces its states on the word's old pieces; Token Distillation, Dobler et al. 2026) and mu the
 mean row (Hewitt 2021), the joint objective is
 
-    J(E) = w_out * [CE(E) + reg/2 sum_j |e_j - mu|^2] + w_in/2 sum_j pi_j |e_j - a_j|^2
+    J(E) = w_out * [CE(E) + reg/2 sum_j |e_j - mu|^2] + w_in/2 sum_j |e_j - a_j|^2
 
 where CE(E) is `fit`'s weighted cross-entropy of the expanded model on cached states (fit/solve.py) and the
-second term is a quadratic model of the distillation loss around its minimizer A. The model reads word j at
-each of its occurrences, so that loss is a sum over occurrences: pi_j is word j's share of the train
-occurrences times k (mean 1; `occurrence_share`). With one pull for every word, frequent words were pulled as
-weakly as rare ones, and the one weight chosen had to suit both (gemma3-270m, 1,000 words: 0.50 points behind
-the untied pair, BENCHMARKS.md). ``input_pull="uniform"`` keeps pi_j = 1. The two pulls add up to one per row:
-J / w_out = CE(E) + sum_j s_j/2 |e_j - c_j|^2 + const with s_j = reg + r pi_j, c_j = (reg mu + r pi_j a_j) / s_j
-and r = w_in / w_out, so J is convex and solved exactly by fit's L-BFGS (solve_rows). w_in = 0 gives `fit`;
-w_out = 0 gives A.
+second term is a quadratic model of the distillation loss around its minimizer A. The two pulls add up to one:
+J / w_out = CE(E) + s/2 |E - c|^2 + const with s = reg + w_in / w_out and c = (reg mu + (w_in / w_out) A) / s,
+so J is convex and solved exactly by fit's L-BFGS (solve_rows). w_in = 0 gives `fit`; w_out = 0 gives A.
 
 The trade-off w_in is chosen on the calibration slice by what the tied model actually loses there, in nats per
 position: CE on the cached calibration states (the output signal) plus, on calibration occurrence windows, the
@@ -45,49 +40,35 @@ STRONGER = (1e-1, 1.0, 10.0)
 MAX_CALIBRATION_WINDOWS = 256
 
 
-def occurrence_share(data: FitData, k: int) -> Tensor:
-    """pi [k]: each word's share of the weighted occurrences in ``data`` (new targets) times k, so mean 1.
-    E.g. occurrences [3, 1, 0, 0] give [3, 1, 0, 0]; none at all give ones."""
-    counts = torch.zeros(k).index_add_(0, data.target.clamp_min(0), data.weight * (data.target >= 0))
-    total = counts.sum()
-    return counts * (k / total) if total > 0 else torch.ones(k)
-
-
-def pull(mean_row: Tensor, anchor: Tensor, reg: float, ratio: float, share: Tensor | None = None
-         ) -> tuple[Tensor, float | Tensor]:
-    """(center [k, d], strength: a float, or [k, 1] with ``share``) of the one L2 pull per row equal to
-    reg/2 |e_j - mu|^2 + ratio pi_j/2 |e_j - a_j|^2 up to a constant, ratio = w_in / w_out, pi = ``share``
-    (None: ones). E.g. reg 1, ratio 1, pi_j 1: center (mu + a_j) / 2, strength 2."""
+def pull(mean_row: Tensor, anchor: Tensor, reg: float, ratio: float) -> tuple[Tensor, float]:
+    """(center [k, d], strength) of the one L2 pull equal to reg/2 |E - mu|^2 + ratio/2 |E - A|^2 up to a
+    constant, ratio = w_in / w_out. E.g. reg 1, ratio 1: center (mu + A) / 2, strength 2."""
     if ratio == 0:  # exactly fit's pull, so that w_in = 0 gives fit's rows bit for bit
         return mean_row, reg
-    weight = ratio if share is None else ratio * share.unsqueeze(1)
-    strength = reg + weight
-    center = (reg * mean_row + weight * anchor) / strength
-    if share is not None:  # a word never seen (pi_j 0) with reg 0 has no pull at all: centre it on mu
-        center = torch.where(strength > 0, center, mean_row)
-    return center, strength
+    strength = reg + ratio
+    return (reg * mean_row + ratio * anchor) / strength, strength
 
 
 def joint_objective(rows: Tensor, data: FitData, mean_row: Tensor, anchor: Tensor, reg: float, input_weight: float,
-                    output_weight: float, cap: float | None = None, share: Tensor | None = None) -> Tensor:
+                    output_weight: float, cap: float | None = None) -> Tensor:
     """J(E) (0-d tensor), as solve_joint minimizes it."""
-    squares = (rows - anchor).pow(2) if share is None else share.unsqueeze(1) * (rows - anchor).pow(2)
-    return output_weight * objective(rows, data, mean_row, reg, cap) + 0.5 * input_weight * squares.sum()
+    return (output_weight * objective(rows, data, mean_row, reg, cap)
+            + 0.5 * input_weight * (rows - anchor).pow(2).sum())
 
 
 def solve_joint(data: FitData, start: Tensor, mean_row: Tensor, anchor: Tensor, reg: float, ratio: float, *,
-                free: Tensor, cap: float | None, max_iter: int, share: Tensor | None = None) -> Tensor:
-    """argmin_E J(E) [k, d] for ratio = w_in / w_out (math.inf: the anchor rows) and occurrence shares
-    ``share`` (None: one pull for all); rows not ``free`` stay at ``start``."""
+                free: Tensor, cap: float | None, max_iter: int) -> Tensor:
+    """argmin_E J(E) [k, d] for ratio = w_in / w_out (math.inf: the anchor rows); rows not ``free`` stay at
+    ``start``."""
     if math.isinf(ratio):
         return torch.where(free.unsqueeze(1), anchor, start)
-    center, strength = pull(mean_row, anchor, reg, ratio, share)
+    center, strength = pull(mean_row, anchor, reg, ratio)
     return solve_rows(data, start, center, strength, free=free, cap=cap, max_iter=max_iter)
 
 
 def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor: Tensor, reg: float, *,
-                        free: Tensor, cap: float | None, score: Callable[[Tensor], float],
-                        share: Tensor | None = None) -> tuple[float, Tensor, list[dict[str, float | str]]]:
+                        free: Tensor, cap: float | None, score: Callable[[Tensor], float]
+                        ) -> tuple[float, Tensor, list[dict[str, float | str]]]:
     """(w_in / w_out, its rows, the path): the distilled rows, then INPUT_WEIGHT_PATH with warm starts until
     the calibration ``score`` (nats per position) rises, then STRONGER the same way if the first weight was the
     best; the lowest score wins."""
@@ -99,8 +80,7 @@ def choose_input_weight(train: FitData, start: Tensor, mean_row: Tensor, anchor:
         nonlocal best
         last = math.inf
         for ratio in ratios:
-            rows = solve_joint(train, rows, mean_row, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER,
-                               share=share)
+            rows = solve_joint(train, rows, mean_row, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER)
             value = score(rows)
             path.append({"input_weight": ratio, "calibration_nats": value})
             if value < best[0]:
