@@ -34,7 +34,7 @@ def peak_rss_mb() -> float:
 
 def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str], timing: bool = True,
         options: dict | None = None, untied: list[str] | None = None, cost_only: bool = False,
-        split_tied_gap: bool = False) -> dict:
+        split_tied_gap: bool = False, heldout_seeds: list[int] | None = None) -> dict:
     options = options or {}
     model, tokenizer = load_model(model_name)
     words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
@@ -48,6 +48,7 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
     found = diagnose(model, tokenizer, words, corpus, strategies, max_tokens=max_tokens, generate=False,
                      learned_cache=learned, **options)
     rows = {name: _row(row) for name, row in found.strategies.items()}
+    apart = None
     if untied:
         apart = diagnose(model, tokenizer, words, corpus, untied, max_tokens=max_tokens, generate=False,
                          learned_cache=learned, **{**options, "tie_policy": "untie"})
@@ -56,9 +57,28 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
             rows.update(tied_gap_split(model, tokenizer, words, corpus, found.rows, apart.rows,
                                        dict(max_tokens=max_tokens, generate=False, learned_cache=learned,
                                             **{**options, "tie_policy": "untie"})))
+    resampled = [other_heldout_sample(model, tokenizer, words, corpus, found.rows, apart.rows if apart else {},
+                                      dict(max_tokens=max_tokens, generate=False, **options), seed)
+                 for seed in heldout_seeds or []]
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
-            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options}
+            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options,
+            **({"other_heldout_samples": resampled} if resampled else {})}
+
+
+def other_heldout_sample(model, tokenizer, words: list[str], corpus, tied_rows: dict, untied_rows: dict,
+                         options: dict, seed: int) -> dict:
+    """The same rows (learned once, on the train split) scored on another held-out sample, drawn with ``seed``:
+    how much a figure, and the gap between two rows, owes to which held-out documents were drawn."""
+    changes, tokens = {}, None
+    for suffix, given, policy in (("", tied_rows, {}), (" (untied)", untied_rows, {"tie_policy": "untie"})):
+        if not given:
+            continue
+        found = diagnose(model, tokenizer, words, corpus, list(given), rows=given, seed=seed,
+                         **{**options, **policy})
+        tokens = found.figures["tokens_before"]
+        changes.update({name + suffix: row["bpc_change_percent"] for name, row in found.strategies.items()})
+    return {"seed": seed, "heldout_tokens": tokens, "bpc_change_percent": changes}
 
 
 def tied_gap_split(model, tokenizer, words: list[str], corpus, tied_rows: dict, untied_rows: dict,
@@ -152,6 +172,9 @@ def main() -> None:
     parser.add_argument("--split-tied-gap", action="store_true",
                         help="also diagnose the untied model reading joint's row with fit's head, and distill's row "
                              "with joint's head (needs joint and --untied distill/fit on a tied model)")
+    parser.add_argument("--heldout-seeds", default="",
+                        help="also score the same rows on held-out samples drawn with these seeds (comma-separated), "
+                             "to see how much the figures depend on the sample")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
@@ -163,7 +186,8 @@ def main() -> None:
     options = dict(_option(item) for item in args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
                    options=options, untied=[s for s in args.untied.split(",") if s], cost_only=args.cost_only,
-                   split_tied_gap=args.split_tied_gap)
+                   split_tied_gap=args.split_tied_gap,
+                   heldout_seeds=[int(s) for s in args.heldout_seeds.split(",") if s])
                for m in args.models.split(",") for k in args.words.split(",")]
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     for r in results:
@@ -177,6 +201,9 @@ def main() -> None:
         for name, row in sorted(r.get("strategies", {}).items(), key=lambda kv: kv[1]["bpc_after"]):
             print(f"  {name:22s} {row['bpc_change_percent']:+7.3f}%  KL mean {row['kl_mean']:.2e}  "
                   f"moved {100 * row['moved_mean']:.2f}%")
+        for other in r.get("other_heldout_samples", []):
+            print(f"  held-out seed {other['seed']} ({other['heldout_tokens']} tokens): " + ", ".join(
+                f"{name} {change:+.3f}%" for name, change in sorted(other["bpc_change_percent"].items())))
 
 
 def _option(item: str) -> tuple[str, object]:

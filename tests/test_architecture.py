@@ -194,3 +194,21 @@ def test_bench_fit_splits_the_tied_gap_into_reading_and_predicting(bench_inputs,
     assert all(math.isfinite(row["bpc_after"]) for row in rows.values())
     untied = rows["distill/fit (untied)"]["bpc_after"]  # each corner swaps in rows of its own, so its figure moves
     assert rows["read A, predict E"]["bpc_after"] != untied and rows["read E, predict F"]["bpc_after"] != untied
+
+
+def test_bench_fit_scores_the_same_rows_on_other_heldout_samples(bench_inputs, tmp_path):
+    """--heldout-seeds: the rows learned once, scored again on held-out samples drawn with other seeds; seed 0 is
+    the sample of the main figures, so it gives them back exactly."""
+    out = tmp_path / "seeds.json"
+    args = ["--models", str(bench_inputs / "tied"), "--corpus", str(bench_inputs / "corpus.txt"), "--words", "2",
+            "--max-tokens", "200", "--strategies", "hf_default,subword", "--untied", "subword", "--no-timing",
+            "--heldout-seeds", "0,1", "--out", str(out)]
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fit.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))[0]
+    same, other = result["other_heldout_samples"]
+    assert (same["seed"], other["seed"]) == (0, 1)
+    assert same["bpc_change_percent"] == {name: row["bpc_change_percent"] for name, row in result["strategies"].items()}
+    assert set(other["bpc_change_percent"]) == {"hf_default", "subword", "subword (untied)"}
+    assert all(math.isfinite(change) for change in other["bpc_change_percent"].values())
