@@ -1,6 +1,7 @@
 """`joint`, the shared row of a tied model: the model stays tied through expansion, save and reload and grows by
 exactly k x d parameters; the joint objective goes down where it is solved; its two weights at 0 give back
-fit's and distill's rows; the same seed gives the same bytes."""
+fit's and distill's rows; the step down the true input gradient is that gradient and is chosen on the calibration
+slice; the same seed gives the same bytes."""
 
 from __future__ import annotations
 
@@ -179,3 +180,90 @@ def test_the_scored_windows_stand_for_every_calibration_occurrence():
     every = window_weights(data, [0, 1, 2], k=4)  # every word scored: each stands for its own occurrences
     assert every.tolist() == pytest.approx([3 / 10, 1 / 10, 2 / 10, 0.0])
     assert window_weights(data, [], k=4).sum().item() == 0
+
+
+def test_the_step_down_the_true_input_gradient_is_chosen_on_the_calibration_slice(tied_expansion):
+    """The walk's rows score `unstepped` (the input-weight path's best); the step's path starts there, and the
+    kept share is the path's lowest score, so the step never scores worse than no step."""
+    _, result = tied_expansion
+    joint = result.report["data_driven"]["joint"]
+    path = joint["input_step_path"]
+    assert path[0] == {"share": 0.0, "calibration_nats": min(p["calibration_nats"] for p in joint["input_weight_path"])}
+    assert joint["input_step"] == min(path, key=lambda p: p["calibration_nats"])["share"]
+    assert joint["input_gradient_windows"] > 0 and len(path) >= 2
+
+
+def test_the_input_gradient_is_the_gradient_of_the_next_tokens_loss(tiny_tokenizer):
+    """input_gradient against central differences of the loss it differentiates, along random directions, and
+    zero on rows not free; the model's own weights get no gradient."""
+    from vocab_expand.strategies.distill.maths import Distiller
+    from vocab_expand.strategies.joint.objective import input_gradient, old_head, tail_nll
+
+    model = make_model("tied", len(tiny_tokenizer))
+    n_old, d = len(tiny_tokenizer), model.get_input_embeddings().weight.shape[1]
+    ids = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    from vocab_expand.learning.windows import Window
+
+    windows = [Window(word=j, prefix=[0, *ids(" the king")], student=[n_old + j, *ids(" went up")], teacher=[],
+                      student_positions=[], teacher_positions=[], calibration=False) for j in (0, 1, 0)]
+    g = torch.Generator().manual_seed(0)
+    rows = 0.05 * torch.randn(3, d, generator=g)
+    omega = torch.tensor([0.5, 1.0, 2.0])
+    free = torch.tensor([True, True, False])
+    grad = input_gradient(model, windows, rows, omega, n_old, free=free)
+    assert all(p.grad is None for p in model.parameters())
+    assert grad[2].abs().max() == 0 and grad[:2].abs().max() > 0
+    distiller, old = Distiller(model, windows, n_old, teacher=False), old_head(model, n_old)
+
+    def loss(e: torch.Tensor) -> float:
+        with torch.no_grad():
+            return sum(float((omega[[w.word for w in b.windows]]
+                              * tail_nll(model, distiller.final_states(e, i), b.windows, rows, old)).sum())
+                       for i, b in enumerate(distiller.batches))
+
+    for seed in range(3):
+        v = torch.randn(3, d, generator=torch.Generator().manual_seed(seed)) * free.unsqueeze(1)
+        eps = 1e-3
+        numeric = (loss(rows + eps * v) - loss(rows - eps * v)) / (2 * eps)
+        assert float((grad * v).sum()) == pytest.approx(numeric, rel=2e-2, abs=1e-5)
+
+
+def test_the_input_step_and_its_walk():
+    """The step is `share` of |rows - mean| long, down the gradient; the walk stops at the first rise and keeps
+    the lowest score, no step included."""
+    from vocab_expand.strategies.joint import objective
+
+    rows, mean = torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.zeros(2, 2)
+    grad = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    free = torch.tensor([True, False])
+    stepped = objective.input_step(rows, grad, mean, 0.1, free)
+    torch.testing.assert_close(stepped, torch.tensor([[3.0, 3.5], [0.0, 0.0]]))  # |rows - mean| 5: a 0.5 step
+    assert torch.equal(objective.input_step(rows, grad, mean, 0.0, free), rows)
+    best_share = objective.INPUT_STEP_PATH[2]
+
+    def score(candidate: torch.Tensor) -> float:
+        share = (rows - candidate).norm().item() / 5.0
+        return abs(share - best_share)
+
+    share, path = objective.choose_input_step(rows, grad, mean, free, score, unstepped=1.0)
+    assert share == pytest.approx(best_share)
+    assert [p["share"] for p in path] == [0.0, *objective.INPUT_STEP_PATH[:4]]  # stops after the first rise
+    assert objective.choose_input_step(rows, grad, mean, free, lambda e: 2.0, unstepped=1.0)[0] == 0.0
+    with pytest.raises(ValueError, match="joint_input_step"):
+        JointOptions(input_step=-0.1)
+
+
+def test_input_step_0_keeps_the_solved_rows(tiny_tokenizer, tied_expansion):
+    """joint_input_step=0: no gradient pass, and the rows differ from the default's by the chosen step only."""
+    model, default = tied_expansion
+    plain = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **joint_options(input_step=0.0), **FAST)
+    joint = plain.report["data_driven"]["joint"]
+    assert joint["input_step"] == 0.0 and "input_step_path" not in joint
+    ids = plain.new_token_ids
+    unstepped = plain.model.get_input_embeddings().weight[ids].detach()
+    moved = default.model.get_input_embeddings().weight[ids].detach() - unstepped
+    share = default.report["data_driven"]["joint"]["input_step"]
+    assert share > 0  # on this model the walk keeps a step, so the two differ
+    n_old = model.get_input_embeddings().weight.shape[0]
+    mean_row = model.get_input_embeddings().weight[:n_old].detach().to(torch.float32).mean(0)
+    assert moved.norm().item() == pytest.approx(share * (unstepped - mean_row).norm().item(), rel=1e-3)

@@ -19,10 +19,11 @@ Left out: sampling the text and finding the windows (learning/), writing rows (r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -134,8 +135,9 @@ class Distiller:
     few tail tokens, which is where the gradient is, after a prefix cache: kept from the first reading while
     ``cache_budget`` bytes allow (None: default_budget(device); 0: none kept), else read again for the step."""
 
-    def __init__(self, model: nn.Module, windows: list[Window], n_old: int, cache_budget: int | None = None):
-        self.model, self.n_old = model, n_old
+    def __init__(self, model: nn.Module, windows: list[Window], n_old: int, cache_budget: int | None = None,
+                 teacher: bool = True):
+        self.model, self.n_old, self.teacher = model, n_old, teacher  # teacher False: only student passes (joint)
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         weights = tensor_bytes(model.parameters())
@@ -156,7 +158,12 @@ class Distiller:
         """Read the batch's prefix once for its teacher states; keep the cache if it fits in the budget. The
         fitting side comes first, so its batches, used every epoch with a gradient, are the ones kept. The
         teacher states (float32, a few positions x d per window) count in the same budget, before the caches;
-        beyond it they are kept on the CPU and brought to the device for each use."""
+        beyond it they are kept on the CPU and brought to the device for each use. Without a teacher (one student
+        pass per batch: joint's input gradient) nothing is read ahead, and each use reads its prefix."""
+        if not self.teacher:
+            self.batches.append(batch)
+            self.targets.append([])
+            return
         cache = self._read_prefix(batch)
         reusable = keepable(cache)
         targets = self._teacher(batch, fresh_view(cache) if reusable else cache)
@@ -229,21 +236,28 @@ class Distiller:
         return sum(s * n for s, n in scores) / max(1, sum(n for _, n in scores))
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """The model's weights without gradients inside (only the new rows get one), as they were after."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def distill_rows(model: nn.Module, windows: list[Window], start: Tensor, n_old: int, *, free: Tensor,
                  epochs: int, seed: int, progress: bool = True, cache_budget: int | None = None) -> DistillResult:
     """New input rows [k, d], starting from ``start``; rows where ``free`` is False are not trained.
     ``cache_budget``: bytes of prefix caches kept between steps (Distiller)."""
     began = time.perf_counter()
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
         distiller = Distiller(model, windows, n_old, cache_budget)
         result = _train(distiller, start, free, epochs, seed, progress)
         result.report["prefix_caches"] = distiller.cache_facts()
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     result.report.update({"windows": len(windows), "seconds": time.perf_counter() - began})
     return result
 

@@ -11,6 +11,10 @@ The weight of the input signal is chosen on the calibration slice too, by what t
 (objective.py). input_weight 0 gives `fit` on the tied row, output_weight 0 gives `distill`'s rows. Words seen
 too rarely keep the mean row, the safe output row.
 
+The pull toward A models the input signal poorly away from A, so the solved rows then take one step down the
+input signal's true gradient (the next tokens' loss when the model reads e_w, on distill's fitting windows), its
+length chosen on the calibration slice (objective.py).
+
 Needs: the domain sample, its occurrence windows, and its states read with the distilled rows. Options of the
 two signals are distill's and fit's own (distill_epochs, fit_reg, ...); joint adds the two weights.
 
@@ -37,6 +41,7 @@ from ..fit import cached_positions
 
 if TYPE_CHECKING:
     from ...learning.context import LearnContext
+    from ..fit.solve import FitData
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,10 @@ class JointOptions:
                                            "0 gives fit's row (default: chosen on a calibration slice)")
     # 0 keeps the distilled rows (distill's on a shared row); the scale of J does not change its minimizer.
     output_weight: float = opt(1.0, "joint: weight of the output signal (fit's loss and pull); 0 gives distill's row")
+    # None: chosen on the calibration slice (objective.INPUT_STEP_PATH, no step included). The pull toward the
+    # distilled row models the input signal poorly away from it; one step down its true gradient buys some back.
+    input_step: float | None = opt(None, "joint: length of the step down the input signal's gradient, as a share of "
+                                         "|row - mean row| (0: none; default: chosen on a calibration slice)")
 
     def __post_init__(self) -> None:
         if self.input_weight is not None and not self.input_weight >= 0:
@@ -55,6 +64,9 @@ class JointOptions:
                              f"got {self.input_weight}")
         if not self.output_weight >= 0:
             raise InvalidInputError(f"joint_output_weight must be >= 0, got {self.output_weight}")
+        if self.input_step is not None and not self.input_step >= 0:
+            raise InvalidInputError(f"joint_input_step must be >= 0 or None (chosen on the calibration slice), "
+                                    f"got {self.input_step}")
         if self.output_weight == 0 and self.input_weight == 0:
             raise InvalidInputError("joint_input_weight and joint_output_weight cannot both be 0")
 
@@ -100,8 +112,8 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
     """The rows minimizing J on states read with ``anchor`` (context.input_rows), mirroring fit_rows: reg and
     the input weight chosen on the calibration slice, then the final solve on fitting and calibration positions."""
     from ...heads import softcap
-    from ..fit.solve import MAX_ITER, _concat, choose_reg
-    from .objective import CalibrationLoss, choose_input_weight, solve_joint
+    from ..fit.solve import MAX_ITER, PATH_MAX_ITER, _concat, choose_reg
+    from .objective import CalibrationLoss, choose_input_weight, input_step, solve_joint
 
     cached = cached_positions(context)
     train, calibration = cached.data.select(~cached.calibration), cached.data.select(cached.calibration)
@@ -114,14 +126,55 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
         reg, rows, report["reg_path"] = choose_reg(train, calibration, start, start, free, cap, context.progress)
         final = _concat(train, calibration)
     ratio = None if options.input_weight is None else options.input_weight / options.output_weight
+    stepping = options.input_step != 0 and ratio != 0  # input weight 0 is fit's row exactly
+    distill = context.config.options_for(Distill.name)
+    windows = context.windows(distill.context_tokens, distill.window) if ratio is None or stepping else []
+    loss, unstepped = None, None
+    if calibration.hidden.shape[0] > 0 and (ratio is None or (stepping and options.input_step is None)):
+        loss = CalibrationLoss(context.model, calibration, [w for w in windows if w.calibration], anchor,
+                               context.n_old, cap, context.config.seed, distill.cache_budget)
     if ratio is None:
-        distill = context.config.options_for(Distill.name)
-        windows = [w for w in context.windows(distill.context_tokens, distill.window) if w.calibration]
-        loss = CalibrationLoss(context.model, calibration, windows, anchor, context.n_old, cap, context.config.seed,
-                               distill.cache_budget)
+        if loss is None:
+            raise InvalidInputError("no calibration positions to choose joint_input_weight on: give more text, "
+                                    "or set joint_input_weight")
         ratio, rows, report["input_weight_path"] = choose_input_weight(
             train, rows, start, anchor, reg, free=free, cap=cap, score=loss)
+        unstepped = min(p["calibration_nats"] for p in report["input_weight_path"])
         final = _concat(train, calibration)
+    step, gradient = 0.0, None
+    if stepping and not math.isinf(ratio) and (options.input_step or loss is not None):
+        if "input_weight_path" not in report:  # a given weight: the step starts from its rows on the train split
+            rows = solve_joint(train, rows, start, anchor, reg, ratio, free=free, cap=cap, max_iter=PATH_MAX_ITER)
+        gradient, step, facts = stepped(context, train, rows, start, free, windows, options, loss, unstepped)
+        report.update(facts)
     rows = solve_joint(final, rows, start, anchor, reg, ratio, free=free, cap=cap, max_iter=MAX_ITER)
-    report.update({"reg": reg, "input_weight": "inf" if math.isinf(ratio) else ratio * options.output_weight})
+    if gradient is not None:
+        rows = input_step(rows, gradient, start, step, free)
+    report.update({"reg": reg, "input_weight": "inf" if math.isinf(ratio) else ratio * options.output_weight,
+                   "input_step": step})
     return rows, report
+
+
+def stepped(context: "LearnContext", train: "FitData", rows: Tensor, mean_row: Tensor, free: Tensor, windows: list,
+            options: JointOptions, loss: Any, unstepped: float | None) -> tuple[Tensor, float, dict[str, Any]]:
+    """(g [k, d], share, report facts): the true input gradient at the walk's ``rows`` on distill's fitting
+    windows (each scored window standing for its share of the train occurrences), and the step's share of
+    |row - mean row|: options.input_step, or chosen on the calibration slice by ``loss``."""
+    from ...learning.windows import select_windows
+    from ..distill import contexts_per_word
+    from .objective import choose_input_step, input_gradient, window_weights
+
+    began = time.perf_counter()
+    distill = context.config.options_for(Distill.name)
+    per_word = contexts_per_word(context.k, distill, context.config.sampling.min_occurrences)
+    fitting = select_windows([w for w in windows if not w.calibration], per_word)
+    omega = window_weights(train, [w.word for w in fitting], rows.shape[0])
+    gradient = input_gradient(context.model, fitting, rows, omega, context.n_old, free=free,
+                              cache_budget=distill.cache_budget, progress=context.progress)
+    facts: dict[str, Any] = {"input_gradient_windows": len(fitting)}
+    share = options.input_step
+    if share is None:
+        share, facts["input_step_path"] = choose_input_step(
+            rows, gradient, mean_row, free, loss, loss(rows) if unstepped is None else unstepped)
+    facts["input_step_seconds"] = time.perf_counter() - began
+    return gradient, share, facts
