@@ -62,7 +62,7 @@ def run(model_name: str, k: int, corpus, max_tokens: int, strategies: list[str],
                  for seed in heldout_seeds or []]
     return {"model": model_name, "words": len(words), "k": found.figures["k"],
             "bpc_before": found.figures["bpc_before"], "hewitt_bound_nats": found.figures["hewitt_bound_nats"],
-            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": options,
+            "heldout_tokens": found.figures["tokens_before"], "strategies": rows, "cost": cost, "options": _plain(options),
             **({"other_heldout_samples": resampled} if resampled else {})}
 
 
@@ -110,6 +110,7 @@ def _fit_facts(row: dict) -> dict:
             "distill_seconds": details.get("distill", joint.get("distill", {})).get("seconds"),
             "joint_seconds": joint.get("seconds"), "joint_input_weight": joint.get("input_weight"),
             "joint_input_weight_path": joint.get("input_weight_path"), "joint_reg": joint.get("reg"),
+            "joint_input_step": joint.get("input_step"), "joint_input_step_path": joint.get("input_step_path"),
             "fallback_words": len(details.get("fit", details.get("distill", joint)).get("fallback_words", [])),
             "learn_seconds": _learn_seconds(details)}
 
@@ -176,14 +177,15 @@ def main() -> None:
                         help="also score the same rows on held-out samples drawn with these seeds (comma-separated), "
                              "to see how much the figures depend on the sample")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096 (repeatable)")
+                        help="an ExpandConfig option for every expansion, e.g. distill_max_windows=4096, or a "
+                             "strategy's, e.g. joint.input_step=null (repeatable)")
     parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: kjv)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.split_tied_gap and not ("joint" in args.strategies.split(",") and "distill/fit" in args.untied.split(",")):
         parser.error("--split-tied-gap needs joint among --strategies and distill/fit among --untied")
     corpus = load_corpus(args.corpus)
-    options = dict(_option(item) for item in args.set)
+    options = _options(args.set)
     results = [run(m, int(k), corpus, args.max_tokens, args.strategies.split(","), timing=not args.no_timing,
                    options=options, untied=[s for s in args.untied.split(",") if s], cost_only=args.cost_only,
                    split_tied_gap=args.split_tied_gap,
@@ -206,11 +208,42 @@ def main() -> None:
                 f"{name} {change:+.3f}%" for name, change in sorted(other["bpc_change_percent"].items())))
 
 
+def _plain(options: dict) -> dict:
+    """The options as JSON data: a strategy's own options as their fields."""
+    given = options.get("strategy_options", {})
+    return {**options, **({"strategy_options": {n: dataclasses.asdict(o) for n, o in given.items()}} if given else {})}
+
+
+def _options(items: list[str]) -> dict:
+    """expand's options from --set items: "field=value" for an ExpandConfig field, "strategy.field=value" for a
+    strategy's own option (e.g. joint.input_step=null), gathered into strategy_options."""
+    from vocab_expand.strategies import STRATEGIES
+
+    options, plugin = {}, {}
+    for item in items:
+        field, value = _option(item)
+        name, dot, option = field.partition(".")
+        if dot:
+            plugin.setdefault(name, {})[option] = value
+        else:
+            options[field] = value
+    if plugin:
+        options["strategy_options"] = {name: STRATEGIES[name].options_class(**fields) for name, fields in plugin.items()}
+    return options
+
+
 def _option(item: str) -> tuple[str, object]:
     """"field=value" with the value read as JSON where it parses (numbers, null, true), else as a string."""
+    from vocab_expand.strategies import STRATEGIES
+
     field, sep, value = item.partition("=")
-    if not sep or field not in {f.name for f in dataclasses.fields(ExpandConfig)} | set(ALIASES):
-        raise SystemExit(f"--set needs FIELD=VALUE with an ExpandConfig field, got {item!r}")
+    name, dot, option = field.partition(".")
+    known = ({f.name for f in dataclasses.fields(STRATEGIES[name].options_class)}
+             if dot and name in STRATEGIES and STRATEGIES[name].options_class else set())
+    if not sep or (option not in known if dot else field not in {f.name for f in dataclasses.fields(ExpandConfig)}
+                                                                   | set(ALIASES)):
+        raise SystemExit(f"--set needs FIELD=VALUE with an ExpandConfig field or STRATEGY.FIELD=VALUE with a "
+                         f"strategy's option, got {item!r}")
     try:
         return field, json.loads(value)
     except json.JSONDecodeError:

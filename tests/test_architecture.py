@@ -212,3 +212,22 @@ def test_bench_fit_scores_the_same_rows_on_other_heldout_samples(bench_inputs, t
     assert same["bpc_change_percent"] == {name: row["bpc_change_percent"] for name, row in result["strategies"].items()}
     assert set(other["bpc_change_percent"]) == {"hf_default", "subword", "subword (untied)"}
     assert all(math.isfinite(change) for change in other["bpc_change_percent"].values())
+
+
+def test_bench_fit_sets_a_strategys_own_option(bench_inputs, tmp_path):
+    """--set STRATEGY.FIELD=VALUE reaches that strategy's options (joint.input_step=null: the step chosen on the
+    calibration slice, and recorded); an unknown one is refused before any work."""
+    out = tmp_path / "step.json"
+    base = [sys.executable, str(BENCHMARKS / "bench_fit.py"), "--models", str(bench_inputs / "tied"), "--corpus",
+            str(bench_inputs / "corpus.txt"), "--words", "2", "--max-tokens", "200", "--strategies", "joint",
+            "--untied", "", "--no-timing", "--set", "fit_max_positions=2000", "--set", "distill_epochs=1"]
+    done = subprocess.run([*base, "--set", "joint.input_step=null", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    joint = json.loads(out.read_text(encoding="utf-8"))[0]["strategies"]["joint"]
+    path = joint["joint_input_step_path"]
+    assert path[0]["share"] == 0.0 and joint["joint_input_step"] == min(path, key=lambda p: p["calibration_nats"])["share"]
+    refused = subprocess.run([*base, "--set", "joint.no_such=1", "--out", str(tmp_path / "x.json")],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert refused.returncode != 0 and "STRATEGY.FIELD=VALUE" in refused.stderr
+    assert not (tmp_path / "x.json").exists()

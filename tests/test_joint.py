@@ -182,11 +182,17 @@ def test_the_scored_windows_stand_for_every_calibration_occurrence():
     assert window_weights(data, [], k=4).sum().item() == 0
 
 
-def test_the_step_down_the_true_input_gradient_is_chosen_on_the_calibration_slice(tied_expansion):
+@pytest.fixture(scope="module")
+def stepped_expansion(tiny_tokenizer, tied_expansion):
+    """The same expansion with the step down the input gradient chosen on the calibration slice."""
+    model, _ = tied_expansion
+    return expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **joint_options(input_step=None), **FAST)
+
+
+def test_the_step_down_the_true_input_gradient_is_chosen_on_the_calibration_slice(stepped_expansion):
     """The walk's rows score `unstepped` (the input-weight path's best); the step's path starts there, and the
     kept share is the path's lowest score, so the step never scores worse than no step."""
-    _, result = tied_expansion
-    joint = result.report["data_driven"]["joint"]
+    joint = stepped_expansion.report["data_driven"]["joint"]
     path = joint["input_step_path"]
     assert path[0] == {"share": 0.0, "calibration_nats": min(p["calibration_nats"] for p in joint["input_weight_path"])}
     assert joint["input_step"] == min(path, key=lambda p: p["calibration_nats"])["share"]
@@ -253,10 +259,11 @@ def test_the_input_step_and_its_walk():
         JointOptions(input_step=-0.1)
 
 
-def test_input_step_0_keeps_the_solved_rows(tiny_tokenizer, tied_expansion):
-    """joint_input_step=0: no gradient pass, and the rows differ from the default's by the chosen step only."""
-    model, default = tied_expansion
-    plain = expand(model, tiny_tokenizer, WORDS, corpus=CORPUS, **joint_options(input_step=0.0), **FAST)
+def test_input_step_0_the_default_keeps_the_solved_rows(tied_expansion, stepped_expansion):
+    """joint_input_step=0 (the default): no gradient pass, and the rows differ from the stepped ones by the
+    chosen step only."""
+    model, plain = tied_expansion
+    default = stepped_expansion
     joint = plain.report["data_driven"]["joint"]
     assert joint["input_step"] == 0.0 and "input_step_path" not in joint
     ids = plain.new_token_ids

@@ -11,9 +11,10 @@ The weight of the input signal is chosen on the calibration slice too, by what t
 (objective.py). input_weight 0 gives `fit` on the tied row, output_weight 0 gives `distill`'s rows. Words seen
 too rarely keep the mean row, the safe output row.
 
-The pull toward A models the input signal poorly away from A, so the solved rows then take one step down the
-input signal's true gradient (the next tokens' loss when the model reads e_w, on distill's fitting windows), its
-length chosen on the calibration slice (objective.py).
+The pull toward A models the input signal poorly away from A. With input_step (off by default: measured, it
+buys little on held-out text), the solved rows then take one step down the input signal's true gradient (the next
+tokens' loss when the model reads e_w, on distill's fitting windows), its length given or chosen on the
+calibration slice (objective.py).
 
 Needs: the domain sample, its occurrence windows, and its states read with the distilled rows. Options of the
 two signals are distill's and fit's own (distill_epochs, fit_reg, ...); joint adds the two weights.
@@ -53,10 +54,11 @@ class JointOptions:
                                            "0 gives fit's row (default: chosen on a calibration slice)")
     # 0 keeps the distilled rows (distill's on a shared row); the scale of J does not change its minimizer.
     output_weight: float = opt(1.0, "joint: weight of the output signal (fit's loss and pull); 0 gives distill's row")
-    # None: chosen on the calibration slice (objective.INPUT_STEP_PATH, no step included). The pull toward the
-    # distilled row models the input signal poorly away from it; one step down its true gradient buys some back.
-    input_step: float | None = opt(None, "joint: length of the step down the input signal's gradient, as a share of "
-                                         "|row - mean row| (0: none; default: chosen on a calibration slice)")
+    # 0 by default: on gemma3-270m with 1,000 words the step took a quarter of the tied gap on the calibration
+    # slice but 0.02 points on the held-out split, for 11% more time (BENCHMARKS.md). None: chosen on the
+    # calibration slice (objective.INPUT_STEP_PATH, no step included).
+    input_step: float | None = opt(0.0, "joint: length of a step down the input signal's true gradient, as a share "
+                                        "of |row - mean row| (None: chosen on a calibration slice; default 0: none)")
 
     def __post_init__(self) -> None:
         if self.input_weight is not None and not self.input_weight >= 0:
@@ -110,10 +112,11 @@ def distilled_rows(context: "LearnContext") -> tuple[Tensor, dict[str, Any]]:
 def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options: JointOptions
                 ) -> tuple[Tensor, dict[str, Any]]:
     """The rows minimizing J on states read with ``anchor`` (context.input_rows), mirroring fit_rows: reg and
-    the input weight chosen on the calibration slice, then the final solve on fitting and calibration positions."""
+    the input weight chosen on the calibration slice, then the final solve on fitting and calibration positions;
+    with options.input_step, then the step down the true input gradient (stepped)."""
     from ...heads import softcap
     from ..fit.solve import MAX_ITER, PATH_MAX_ITER, _concat, choose_reg
-    from .objective import CalibrationLoss, choose_input_weight, input_step, solve_joint
+    from .objective import choose_input_weight, input_step, solve_joint
 
     cached = cached_positions(context)
     train, calibration = cached.data.select(~cached.calibration), cached.data.select(cached.calibration)
@@ -127,12 +130,9 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
         final = _concat(train, calibration)
     ratio = None if options.input_weight is None else options.input_weight / options.output_weight
     stepping = options.input_step != 0 and ratio != 0  # input weight 0 is fit's row exactly
-    distill = context.config.options_for(Distill.name)
-    windows = context.windows(distill.context_tokens, distill.window) if ratio is None or stepping else []
-    loss, unstepped = None, None
-    if calibration.hidden.shape[0] > 0 and (ratio is None or (stepping and options.input_step is None)):
-        loss = CalibrationLoss(context.model, calibration, [w for w in windows if w.calibration], anchor,
-                               context.n_old, cap, context.config.seed, distill.cache_budget)
+    windows, loss = calibration_loss(context, calibration, anchor, cap, choosing=ratio is None,
+                                     stepping=stepping, choose_step=options.input_step is None)
+    unstepped = None
     if ratio is None:
         if loss is None:
             raise InvalidInputError("no calibration positions to choose joint_input_weight on: give more text, "
@@ -153,6 +153,20 @@ def fitted_rows(context: "LearnContext", start: Tensor, anchor: Tensor, options:
     report.update({"reg": reg, "input_weight": "inf" if math.isinf(ratio) else ratio * options.output_weight,
                    "input_step": step})
     return rows, report
+
+
+def calibration_loss(context: "LearnContext", calibration: "FitData", anchor: Tensor, cap: float | None, *,
+                     choosing: bool, stepping: bool, choose_step: bool) -> tuple[list, Any]:
+    """(the sample's occurrence windows, objective.CalibrationLoss or None): the windows where the input weight
+    is ``choosing`` or the rows are ``stepping``, the score where something is chosen on calibration positions."""
+    from .objective import CalibrationLoss
+
+    distill = context.config.options_for(Distill.name)
+    windows = context.windows(distill.context_tokens, distill.window) if choosing or stepping else []
+    if calibration.hidden.shape[0] == 0 or not (choosing or (stepping and choose_step)):
+        return windows, None
+    return windows, CalibrationLoss(context.model, calibration, [w for w in windows if w.calibration], anchor,
+                                    context.n_old, cap, context.config.seed, distill.cache_budget)
 
 
 def stepped(context: "LearnContext", train: "FitData", rows: Tensor, mean_row: Tensor, free: Tensor, windows: list,
