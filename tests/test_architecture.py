@@ -138,6 +138,8 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
     "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
     "bench_layouts.py": ["--corpus", "{corpus}", "--verses", "60", "--words", "3", "--layouts", "llama3_tiny,unigram_tiny"],
     "bench_tokenize.py": ["--models", "{model}", "--corpus", "{corpus}", "--sizes", "5", "--repeats", "1"],
+    "bench_serving.py": ["--models", "{model}", "--corpus", "{corpus}", "--words", "2", "--no-engine",
+                         "--other-limit", "50"],
     "bench_recipe.py": ["--model", "{model}", "--corpus", "{corpus}", "--words", "{words}", "--strategies",
                         "hf_default,mean", "--steps", "2", "--eval-every", "1", "--batch-size", "2", "--seq-len", "16",
                         "--warmup-steps", "0", "--eval-tokens", "200", "--quiet", "--figure", "recipe.png"],
@@ -231,3 +233,50 @@ def test_bench_fit_sets_a_strategys_own_option(bench_inputs, tmp_path):
                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert refused.returncode != 0 and "STRATEGY.FIELD=VALUE" in refused.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("layout", ["tied", "untied"])
+def test_no_deprecation_or_future_warning_on_the_current_transformers(layout, tiny_tokenizer):
+    """expand with a corpus (distill and fit, or joint: the paths that read key/value caches) raises no
+    DeprecationWarning or FutureWarning, whichever module the warning is attributed to: a routine transformers
+    upgrade must not break the default (`past_key_values` went deprecated in 5.2x, removed in 5.40)."""
+    import warnings
+
+    import vocab_expand as ve
+    from helpers import make_model
+
+    docs = [f"And Jehoshaphat said unto the prophets, {i} times." for i in range(300)]
+    model = make_model(layout, len(tiny_tokenizer))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=docs, fit_max_positions=1024, distill_epochs=1)
+    assert result.report["input_strategy"] == ("joint" if layout == "tied" else "distill")
+    found = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, (DeprecationWarning,
+                                                                                                FutureWarning))]
+    assert not found, found
+
+
+def test_every_strategy_module_is_imported_and_registers_a_strategy():
+    """A module or folder under strategies/ that nothing imports would register nothing: each one is imported by
+    strategies/__init__.py and defines a registered strategy (STRATEGIES maps to a class of that module)."""
+    from vocab_expand.strategies import STRATEGIES
+
+    folder = Path(__file__).resolve().parents[1] / "src" / "vocab_expand" / "strategies"
+    modules = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "base"))
+    modules += sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    registered = {cls.__module__.split(".")[2] for cls in STRATEGIES.values() if cls.__module__.startswith("vocab_expand.")}
+    assert len(modules) >= 9
+    for name in modules:
+        assert name in registered, f"strategies/{name} registers no strategy (or is not imported by __init__.py)"
+
+
+def test_families_register_in_their_stated_order():
+    """detect_family tries families in registration order: the registry follows FAMILY_ORDER, and every module
+    under families/ that defines a family is registered."""
+    from vocab_expand.families import FAMILY_ORDER, family_names
+
+    assert tuple(family_names()) == FAMILY_ORDER
+    folder = Path(__file__).resolve().parents[1] / "src" / "vocab_expand" / "families"
+    defining = sorted(p.stem for p in folder.glob("*.py")
+                      if p.stem not in ("__init__", "base") and "@register_family" in p.read_text(encoding="utf-8"))
+    assert defining == ["byte_level", "sentencepiece", "unigram"]

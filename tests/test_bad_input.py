@@ -8,6 +8,7 @@ takes seconds. Bugs must keep their traceback: only the project's own errors bec
 from __future__ import annotations
 
 import errno
+import math
 import re
 import hashlib
 import json
@@ -16,6 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import torch
 
 from vocab_expand import io as vio
 from vocab_expand.cli import main
@@ -256,13 +258,33 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
     (["expand", "--fit-max-positions", "100"], "fit_max_positions must be an integer >= 1024"),
     (["expand", "--distill-epochs", "-1"], "distill_epochs must be an integer >= 0"),
     (["expand", "--pad-to-multiple-of", "0"], "pad_to_multiple_of must be positive"),
-    (["expand", "--fit-reg", "-1"], "fit_reg must be >= 0"),
+    (["expand", "--fit-reg", "-1"], "fit_reg must be from 0 to"),
     (["expand", "--cov-scale", "-1"], "cov_scale must be >= 0"),
     (["compare", "--checkpoint-every", "0"], "checkpoint_every must be a positive integer"),
     (["compare", "--warmup-steps", "-5"], "warmup_steps must be an integer >= 0"),
     (["compare", "--steps", "0"], "steps must be a positive integer"),
     (["compare", "--max-time", "-1"], "max_time_s must be >= 0"),
     (["demo", "--top", "0"], "top_k must be an integer >= 1"),
+    # Round 3, item 5: inf is refused wherever it is not meaningful.
+    (["expand", "--input-init", "mean_cov", "--output-init", "mean", "--cov-scale", "inf"], "cov_scale must be a finite"),
+    (["expand", "--joint-input-step", "inf"], "joint_input_step must be a finite number"),
+    (["expand", "--joint-input-weight", "nan"], "joint_input_weight must be"),
+    (["compare", "--lr", "inf"], "learning_rate must be a finite number"),
+    (["compare", "--lr-new-rows", "inf"], "lr_new_rows must be a finite number"),
+    (["compare", "--lr", "1e38"], "learning_rate must be at most 10"),
+    # Item 10: a sequence of one token trains on nothing.
+    (["compare", "--seq-len", "1"], "seq_len must be at least 2"),
+    # Item 18: one seed rule for every command; fit_reg within what the solve takes.
+    (["expand", "--seed", "-1"], "seed must be an integer from 0"),
+    (["diagnose", "--seed", "-1"], "seed must be an integer from 0"),
+    (["compare", "--seed", "-1"], "seed must be an integer from 0"),
+    (["expand", "--fit-reg", "inf"], "fit_reg must be from 0 to"),
+    (["expand", "--fit-reg", "1e30"], "fit_reg must be from 0 to"),
+    # Item 6: a strategy named for a side it does not initialize, before the model is loaded.
+    (["expand", "--input-init", "fit", "--output-init", "mean"], "'fit' initializes output rows only"),
+    (["expand", "--output-init", "distill"], "'distill' initializes input rows only"),
+    # Item 10: --forms applies to vocabulary entries only.
+    (["expand", "--kind", "added", "--forms", "both"], "forms='both' applies to vocabulary entries"),
 ])
 def test_numeric_options_are_validated_before_any_work(model_dir, tmp_path, capsys, monkeypatch, args, message):
     import vocab_expand.loading as loading
@@ -454,3 +476,298 @@ def test_twin_takes_a_corpus_path(tmp_path, tiny_tokenizer):
         model.get_input_embeddings().weight.add_(0.5)
     twin = ve.negative_logit_twin(model, tiny_tokenizer, str(corpus))
     assert twin is not model
+
+
+# Round 3 (issue 27). Kinds covered: 1 security (names read from files), 4 data loss (overlap, special files,
+# concurrent runs, symlinks), 4 silent (non-finite rows, strategies, --word, NUL text), 9 tracebacks, 1 memory.
+def text_corpus(path: Path, lines: int = 200) -> Path:
+    path.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(lines)),
+                    encoding="utf-8")
+    return path
+
+
+# Item 1: a shard name read from the index may not leave the model folder, on the disk path or the loaded one.
+@pytest.mark.parametrize("shard", ["../x/rest.safetensors", "/tmp/rest.safetensors", "..", "sub/rest.safetensors"])
+@pytest.mark.parametrize("load", [False, True])
+def test_shard_names_outside_the_model_folder_are_refused(model_dir, tmp_path, capsys, shard, load):
+    (model_dir / "model.safetensors").rename(model_dir / "rest.safetensors")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "rest.safetensors",
+                                            "model.norm.weight": shard}}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    victim = tmp_path / "x" / "rest.safetensors"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the user's file")
+    out = tmp_path / "o" / "d" / "out"
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(out),
+                 *(["--load-model"] if load else [])], capsys, "not a plain file name", model_dir, victim)
+    assert not out.exists()
+
+
+def test_file_names_in_a_config_are_checked(model_dir, tmp_path, capsys):
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config | {"vocab_file": "../../etc/passwd"}))
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")], capsys,
+                "not a plain file name", model_dir)
+
+
+# Item 2: for every command, no output may be, contain or sit inside any input (model, corpus, words file).
+@pytest.mark.parametrize("command, which", [(c, "corpus") for c in ("expand", "diagnose", "mine", "compare", "demo")]
+                         + [(c, "words") for c in ("expand", "diagnose", "compare")])
+def test_outputs_never_overlap_the_corpus_or_the_words_file(model_dir, tmp_path, capsys, command, which):
+    data = tmp_path / "data"
+    data.mkdir()
+    corpus, words = text_corpus(data / "corpus.txt"), data / "words.txt"
+    words.write_text("Jehoshaphat\n")
+    (data / "neighbour.txt").write_text("a neighbouring file")
+    given = ["--corpus", str(corpus)] + (["--words", str(words)] if command not in ("mine", "demo") else [])
+    if which == "words":  # the corpus elsewhere, so that only the words file overlaps
+        given[1] = str(text_corpus(tmp_path / "elsewhere.txt"))
+    out = data if command != "mine" else (words if which == "words" else corpus)
+    run_refused([command, "--model", str(model_dir), *given, "-o", str(out), "--force"], capsys,
+                "the input", data, model_dir)
+
+
+# Item 3: an output that exists must be of the expected kind: a FIFO or device is never replaced.
+def test_special_files_are_never_replaced(model_dir, tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    corpus = text_corpus(tmp_path / "c.txt")
+    for out in (fifo, Path("/dev/null")):
+        run_refused(["mine", "--model", str(model_dir), "--corpus", str(corpus), "-o", str(out), "--force"], capsys,
+                    "special file")
+        assert not out.is_file() and (out.is_fifo() or out.is_char_device())
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(fifo), "--force"], capsys,
+                "special file")
+    with pytest.raises(vio.OutputExistsError, match="folder, not a file"):
+        vio.check_output_file(tmp_path, force=True)
+
+
+# Item 4: of two runs writing the same new output without force, the later fails and the first is kept.
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_concurrent_run_never_replaces_the_first_ones_output(tmp_path, kind):
+    target = tmp_path / "out"
+    with pytest.raises(vio.OutputExistsError, match="already exists"):
+        if kind == "folder":
+            with vio.atomic_directory(target) as tmp:
+                (tmp / "marker.txt").write_text("second")
+                write_marker(target, "first", force=False)  # the other run finishes while this one writes
+        else:
+            real = vio._swap_in
+
+            def other_run_first(tmp, target_, force):
+                target_.write_text("first")
+                real(tmp, target_, force)
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(vio, "_swap_in", other_run_first)
+                vio.write_text_atomic(target, "second", force=False)
+    assert (target / "marker.txt" if kind == "folder" else target).read_text() == "first"
+    assert no_temporaries(tmp_path)
+
+
+def test_two_expand_runs_to_one_new_output(model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(out)]
+    assert main(args) == 0
+    first = digest(out)
+    run_refused(args, capsys, "already exists", out)
+    assert digest(out) == first
+
+
+# Item 5: whatever the options, a model whose new rows are not finite is never saved.
+@pytest.mark.parametrize("load", [False, True])
+def test_non_finite_rows_are_never_saved(model_dir, tmp_path, capsys, monkeypatch, load):
+    from vocab_expand.strategies.mean import Mean
+
+    monkeypatch.setattr(Mean, "rows", lambda self, old, request: torch.full((request.k, old.shape[1]), math.inf))
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o"),
+                 *(["--load-model"] if load else [])], capsys, "hold inf or nan, so nothing was saved", model_dir)
+    assert not (tmp_path / "o").exists() and no_temporaries(tmp_path)
+
+
+def test_a_training_run_whose_loss_is_not_finite_stops(model_dir, tmp_path, capsys, monkeypatch):
+    """A run whose weights went inf or nan (here: made so after the second update) stops with one line at that
+    step. An inf loss with finite weights, a float16 overflow whose update was skipped, goes on
+    (tests/test_devices.py)."""
+    from vocab_expand.training import loop
+
+    real, done = loop._optimizer_step, []
+
+    def diverging(model, *args):
+        facts = real(model, *args)
+        done.append(1)
+        if len(done) == 2:
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(math.nan)
+            return facts | {"train_loss": math.nan}
+        return facts
+
+    monkeypatch.setattr(loop, "_optimizer_step", diverging)
+    run_refused(["compare", "--model", str(model_dir), "--corpus", str(text_corpus(tmp_path / "c.txt", 300)),
+                 "--word", "Jehoshaphat", "--strategies", "mean", "--steps", "5", "--batch-size", "2", "--seq-len",
+                 "16", "--eval-tokens", "50", "-o", str(tmp_path / "runs")], capsys,
+                "the training loss is nan at step 2, so training stopped; lower the learning rate", model_dir)
+    assert len(done) == 2 and not list((tmp_path / "runs").rglob("final"))
+
+
+# Item 6: what runs is what was named, or the run is refused in one line; labels say what ran.
+@pytest.mark.parametrize("pair, message", [
+    (["--input-init", "subword", "--output-init", "fit"], "so subword/fit cannot run as named"),
+    (["--input-init", "distill", "--output-init", "mean"], "so distill/mean cannot run as named"),
+])
+def test_a_tied_model_never_swaps_the_named_strategies(model_dir, tmp_path, capsys, pair, message):
+    corpus = text_corpus(tmp_path / "c.txt")
+    for extra in (["--corpus", str(corpus)], []):  # without a corpus the message names the same pair
+        run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", *pair, *extra, "-o",
+                     str(tmp_path / "o")], capsys, message, model_dir)
+    run_refused(["diagnose", "--model", str(model_dir), "--word", "Jehoshaphat", "--corpus", str(corpus),
+                 "--strategies", "mean/distill", "-o", str(tmp_path / "r")], capsys, "'distill' initializes input rows")
+
+
+def test_labels_say_what_ran():
+    from vocab_expand.pairs import ran_label
+
+    assert ran_label("distill/fit", {"input_strategy": "joint", "output_strategy": "joint"}) == "distill/fit (ran joint)"
+    assert ran_label("subword/mean", {"input_strategy": "mean", "output_strategy": "mean"}) == "subword/mean (ran mean)"
+    assert ran_label("mean", {"input_strategy": "mean", "output_strategy": "mean"}) == "mean"
+
+
+# Item 7: a --word is one word, never a comment.
+def test_word_options_are_one_word_each(model_dir, tmp_path, capsys):
+    from vocab_expand.cli import build_parser, read_words
+
+    args = build_parser().parse_args(["expand", "--word", "#include", "--word", " #pragma ", "-o", "x"])
+    assert read_words(args) == ["#include", "#pragma"]
+    run_refused(["expand", "--model", str(model_dir), "--word", "Zerubbabel\nJehoshaphat", "-o", str(tmp_path / "o")],
+                capsys, "holds the control character '\\n'; give one word per --word", model_dir)
+
+
+# Item 8: text with NUL bytes (UTF-16 without a BOM) is refused; a run that finds nothing exits 2.
+def test_utf16_corpus_without_bom_and_a_run_that_finds_nothing(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes("And Jehoshaphat said\nunto the king\n".encode("utf-16-le"))
+    corpus_refused(model_dir, tmp_path, capsys, corpus, f"{corpus}:1: the text holds NUL bytes")
+    run_refused(["mine", "--model", str(model_dir), "--corpus", str(text_corpus(tmp_path / "ok.txt")), "--min-count",
+                 "100000", "-o", str(tmp_path / "w.txt")], capsys, "found no word", model_dir)
+    assert not (tmp_path / "w.txt").exists()
+
+
+# Item 9: a words file full of NULs is refused at its first line, with a short message, as a stream.
+def test_a_words_file_of_nul_bytes(model_dir, tmp_path, capsys):
+    words = tmp_path / "words.txt"
+    words.write_bytes(b"\x00" * (8 << 20))
+    line = run_refused(["expand", "--model", str(model_dir), "--words", str(words), "-o", str(tmp_path / "o")], capsys,
+                       f"{words}:1: the line is longer than 1024 bytes", model_dir, words)
+    assert len(line) < 400
+    from vocab_expand.cli import shown
+
+    assert len(shown("x" * 100_000)) < 80
+
+
+# Item 10: a symlinked output is replaced itself, with nothing left behind; a link loop is named as one.
+def test_a_symlinked_output_and_a_link_loop(model_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "keep.txt").write_text("the user's data")
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(link), "--force"]) == 0
+    assert (data / "keep.txt").read_text() == "the user's data" and sorted(p.name for p in data.iterdir()) == ["keep.txt"]
+    assert not link.is_symlink() and (link / "config.json").is_file() and no_temporaries(tmp_path)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    run_refused(["expand", "--model", str(loop), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")], capsys,
+                "is a broken link or a link loop")
+
+
+# Item 11: safetensors' own error for a full disk is one line, and the old output is kept.
+def test_safetensors_disk_full_is_one_line(model_dir, existing_output, tmp_path, capsys, monkeypatch):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: I/O error: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)  # what save_pretrained calls
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--load-model", "-o",
+                 str(existing_output), "--force"], capsys, "No space left on device", model_dir, existing_output)
+    assert no_temporaries(tmp_path)
+
+
+# Item 12: an embedding smaller than the tokenizer is one line, with a corpus too.
+def test_an_embedding_smaller_than_the_tokenizer(tmp_path, tiny_tokenizer, capsys):
+    small = tmp_path / "small"
+    make_model("untied", len(tiny_tokenizer) - 20).save_pretrained(small)
+    tiny_tokenizer.save_pretrained(small)
+    for extra in ([], ["--corpus", str(text_corpus(tmp_path / "c.txt"))]):
+        run_refused(["expand", "--model", str(small), "--word", "Jehoshaphat", *extra, "-o", str(tmp_path / "o")],
+                    capsys, "embedding rows but the tokenizer has", small)
+
+
+# Item 13: damaged safetensors headers on the on-disk path.
+@pytest.mark.parametrize("header", [b"[]", b"[" * 100_000 + b"]" * 100_000, b'{"x": 5}', b'{"x": {"dtype": "F32"}}'])
+def test_damaged_safetensors_headers(model_dir, tmp_path, capsys, header):
+    import struct
+
+    (model_dir / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    run_refused(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(tmp_path / "o")], capsys,
+                "cannot read", model_dir)
+
+
+# Item 14: deeply nested JSON in a .jsonl corpus.
+def test_deeply_nested_jsonl(model_dir, tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "fine"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    corpus_refused(model_dir, tmp_path, capsys, corpus, f"{corpus}:2: the JSON is nested too deeply")
+
+
+# Item 15: compare -o FILE, with and without --force.
+def test_compare_into_a_file(model_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.write_text("not a folder")
+    for force in ([], ["--force"]):
+        run_refused(["compare", "--model", str(model_dir), "--corpus", str(text_corpus(tmp_path / "c.txt")), "--word",
+                     "Jehoshaphat", "-o", str(runs), *force], capsys, "is a file, not a folder", runs, model_dir)
+
+
+# Item 16: a long output name keeps its temporaries within the file system's 255 bytes.
+def test_a_245_character_output_name(model_dir, tmp_path, capsys):
+    out = tmp_path / ("o" * 245)
+    assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "-o", str(out)]) == 0
+    words = tmp_path / ("w" * 245)
+    assert main(["mine", "--model", str(model_dir), "--corpus", str(text_corpus(tmp_path / "c.txt")), "--min-count",
+                 "2", "-o", str(words)]) == 0
+    assert (out / "config.json").is_file() and words.read_text() and no_temporaries(tmp_path)
+
+
+# Item 17: ~user paths of users that do not exist.
+@pytest.mark.parametrize("where", ["-o", "--model", "--corpus"])
+def test_unknown_home_folders_are_one_line(model_dir, tmp_path, capsys, where):
+    args = {"-o": str(tmp_path / "o"), "--model": str(model_dir), "--corpus": str(text_corpus(tmp_path / "c.txt"))}
+    args[where] = "~nosuchuser-vocab-expand/x"
+    run_refused(["expand", "--word", "Jehoshaphat", *[v for pair in args.items() for v in pair]], capsys,
+                "give the path without ~user", model_dir)
+
+
+# Item 19: LoRA target modules are checked against the model before RUNS/ is touched.
+def test_lora_targets_that_match_nothing(model_dir, tmp_path, capsys):
+    run_refused(["compare", "--model", str(model_dir), "--corpus", str(text_corpus(tmp_path / "c.txt", 300)), "--word",
+                 "Jehoshaphat", "--strategies", "mean", "--train", "lora", "--lora-target-modules",
+                 "nonexistent_proj", "-o", str(tmp_path / "runs")], capsys,
+                "nonexistent_proj matches no module of this model; choose from", model_dir)
+    assert not (tmp_path / "runs").exists()
+
+
+# Item 20: one long document is read as windows, so it costs what many short ones cost.
+def test_long_documents_are_read_in_windows(tmp_path):
+    from vocab_expand.corpus import MAX_DOCUMENT_CHARS, load_corpus, windows
+
+    assert list(windows("aa bb cc", 6)) == ["aa bb ", "cc"] and list(windows("abcdefgh", 3)) == ["abc", "def", "gh"]
+    text = " ".join(f"word{i}" for i in range(60_000))
+    corpus_file = tmp_path / "c.jsonl"
+    corpus_file.write_text(json.dumps({"text": text}) + "\n")
+    corpus = load_corpus(corpus_file)
+    pieces = corpus.train + corpus.heldout
+    assert len(pieces) > 1 and all(len(p) <= MAX_DOCUMENT_CHARS for p in pieces)
+    assert sorted(pieces) == sorted(windows(text)) and "".join(windows(text)) == text

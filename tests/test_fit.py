@@ -267,8 +267,10 @@ def test_auto_budget_grows_with_the_words_to_fit():
 def test_clear_errors(tiny_tokenizer):
     model = make_model("tied", len(tiny_tokenizer))
     with pytest.raises(ValueError, match="corpus=") as error:
+        expand(make_model("untied", len(tiny_tokenizer)), tiny_tokenizer, WORDS, input_init="subword", output_init="fit")
+    assert "subword/mean" in str(error.value) and str(error.value).startswith("fit learns rows")
+    with pytest.raises(ValueError, match="so subword/fit cannot run as named"):  # the pair the user named
         expand(model, tiny_tokenizer, WORDS, input_init="subword", output_init="fit")
-    assert "subword/mean" in str(error.value)
     with pytest.raises(ValueError, match="output rows only"):
         expand(model, tiny_tokenizer, WORDS, input_init="fit", output_init="fit", corpus=CORPUS)
     with pytest.raises(ValueError, match="tie_policy"):

@@ -70,3 +70,23 @@ def test_lora_config_refuses_a_bad_rank(tiny_tokenizer):
     expansion = ve.expand(make_model("tied", len(tiny_tokenizer)), tiny_tokenizer, WORDS)
     with pytest.raises(ve.InvalidInputError, match="r must be"):
         ve.lora_config(expansion, r=0)
+
+
+@pytest.mark.parametrize("layout", ["tied", "untied"])
+def test_lora_config_from_a_saved_folder_equals_the_in_memory_one(layout, tiny_tokenizer, tmp_path):
+    """ve.lora_config("OUT/") reads the ids and module names from expansion.json, and they fit the reloaded model."""
+    expansion = ve.expand(make_model(layout, len(tiny_tokenizer)), tiny_tokenizer, WORDS)
+    expansion.save(tmp_path / "out")
+    from_folder = ve.lora_config(tmp_path / "out", r=2, target_modules=["q_proj"])
+    assert from_folder.trainable_token_indices == ve.lora_config(expansion, r=2).trainable_token_indices
+    assert ve.lora_config(str(tmp_path / "out")).r == 16
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "out"), from_folder)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n}
+    assert len(trainable) == (1 if layout == "tied" else 2)
+
+
+def test_lora_config_refuses_a_model_and_a_folder_without_expansion_json(tiny_tokenizer, model_dir):
+    with pytest.raises(ve.InvalidTypeError, match="what expand returned"):
+        ve.lora_config(make_model("tied", len(tiny_tokenizer)))
+    with pytest.raises(ve.MissingResourceError, match="no expansion.json"):
+        ve.lora_config(model_dir)

@@ -219,7 +219,7 @@ def test_the_input_gradient_is_the_gradient_of_the_next_tokens_loss(tiny_tokeniz
     grad = input_gradient(model, windows, rows, omega, n_old, free=free)
     assert all(p.grad is None for p in model.parameters())
     assert grad[2].abs().max() == 0 and grad[:2].abs().max() > 0
-    distiller, old = Distiller(model, windows, n_old, teacher=False), old_head(model, n_old)
+    distiller, old = Distiller(model, windows, n_old, teacher=False, read_ahead=False), old_head(model, n_old)
 
     def loss(e: torch.Tensor) -> float:
         with torch.no_grad():

@@ -124,6 +124,25 @@ def test_a_kept_cache_is_never_written_and_none_is_kept_with_budget_0(kind, tiny
     assert recomputing.kept_bytes == 0
 
 
+def test_student_only_distillers_read_no_teacher_and_give_the_same_states(tiny_tokenizer):
+    """joint's calibration score (teacher=False) keeps prefix caches but no teacher states; its input gradient
+    (read_ahead=False too) keeps nothing; both read the same student states as distill's Distiller."""
+    n = len(tiny_tokenizer)
+    model, windows = tiny_model("llama", n), synthetic_windows(n)
+    rows = torch.randn(3, 16, generator=torch.Generator().manual_seed(3)) * 0.02
+    full = Distiller(model, windows, n, cache_budget=2**40)
+    scoring = Distiller(model, windows, n, cache_budget=2**40, teacher=False)
+    once = Distiller(model, windows, n, cache_budget=2**40, teacher=False, read_ahead=False)
+    assert all(full.targets) and not any(scoring.targets) and not any(once.targets)
+    assert all(b.cache is not None for b in scoring.batches) and not any(b.cache is not None for b in once.batches)
+    assert scoring.kept_bytes == sum(cache_bytes(b.cache) for b in scoring.batches) < full.kept_bytes
+    assert once.kept_bytes == 0
+    with torch.no_grad():
+        for i in range(len(full.batches)):
+            want = full.final_states(rows, i)
+            assert torch.equal(scoring.final_states(rows, i), want) and torch.equal(once.final_states(rows, i), want)
+
+
 def test_joint_and_distill_give_the_same_rows_with_budget_0(tiny_tokenizer):
     """`joint` (a tied model) distils and scores calibration windows through Distiller; both keep working when
     no cache is kept, with the same bytes."""

@@ -126,3 +126,39 @@ def test_readme_device_block_runs(tmp_path, monkeypatch):
     exec(compile(block, "README.md: device", "exec"), namespace)
     expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     assert namespace["model"].get_input_embeddings().weight.dtype == expected
+
+
+def test_readme_fine_tune_merge_serve_block_runs(tiny_world, monkeypatch):
+    """The "Fine-tune, merge, serve" block as written, with SFTTrainer cut to 2 steps on the CPU: expand
+    (portable), LoRA with SFTTrainer, merge, save, export and check in real llama.cpp."""
+    from vocab_expand.engines import missing_engines
+
+    if missing_engines():
+        pytest.skip(f"llama.cpp is not installed ({'; '.join(missing_engines())}): run make install-engines")
+    trl = pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from serving_helpers import layout_folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # llama.cpp's converter knows real pre-tokenizers only: a tiny Llama 3 model with the real vocabulary
+    folder = layout_folder("llama3", tiny_world / "llama3")
+    monkeypatch.setattr(ve, "load_model", lambda *a, **k: (AutoModelForCausalLM.from_pretrained(folder),
+                                                            AutoTokenizer.from_pretrained(folder)))
+    real_config = trl.SFTConfig
+    monkeypatch.setattr(trl, "SFTConfig", lambda **kw: real_config(**{**kw, "max_steps": 2, "use_cpu": True,
+                                                                        "save_strategy": "no"}))
+    block = next(b for b in BLOCKS if "ve.save_model(" in b)
+    namespace: dict = {}
+    try:
+        exec(compile(block, "README.md: fine-tune, merge, serve", "exec"), namespace)
+    finally:  # the trainer sets Accelerate's process-wide state (mixed precision); later tests build their own
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert namespace["serving"]["vllm"]["ok"] and namespace["serving"]["tokenizer"]["autotokenizer_exact"]
+    assert (tiny_world / "MERGED" / "expansion.json").is_file()
+    loaded = AutoTokenizer.from_pretrained(tiny_world / "MERGED")
+    assert all(len(loaded(f" {w}", add_special_tokens=False)["input_ids"]) == 1
+               for w in ("Jehoshaphat", "Nebuchadnezzar"))
+    check = namespace["gguf"].check  # step 4 ran real llama.cpp on the merged folder
+    assert check["exact"] and check["new_words_one_token"]["count"] == 2

@@ -1,8 +1,11 @@
 """vocab-expand: add domain words to a pretrained causal LM without breaking it, and show that it did not.
 
 Public API: load_model, load_corpus, mine, expand, expand_checkpoint (a model folder on disk, static strategies,
-without loading the model), diagnose, compare, negative_logit_twin, lora_config (the hand-off to PEFT), the
+without loading the model), diagnose, compare, negative_logit_twin, lora_config (the hand-off to PEFT),
+save_model and check_serving (a fine-tuned folder saved, and checked, for the programs that load it), the
 strategy registry, and the types they return. Names are imported on first use, so `import vocab_expand` is fast.
+
+Left out: the command line (cli.py) and the internals each module's docstring lists.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ _EXPORTS = {
     "hewitt_bound": "metrics",
     "negative_logit_twin": "twin",
     "lora_config": "handoff",
+    "check_serving": "serving", "save_model": "serving",
+    "Export": "gguf_export", "export": "gguf_export", "EngineError": "errors",
     "InvalidInputError": "errors", "MissingResourceError": "errors", "OutputExistsError": "errors",
     "OutputNotWritableError": "errors", "UnsupportedTokenizerError": "errors", "VocabExpandError": "errors",
     "CorruptFileError": "errors", "HubUnreachableError": "errors", "InvalidTypeError": "errors",
@@ -59,7 +64,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
                          MissingPackageError, MissingResourceError, NothingAddedError, OutputExistsError,
                          OutputNotWritableError, UnsupportedTokenizerError, VocabExpandError)
     from .expansion import Expansion, apply_plan, expand
+    from .errors import EngineError
+    from .gguf_export import Export, export
     from .handoff import lora_config
+    from .serving import check_serving, save_model
     from .experiments import Comparison, compare
     from .loading import DEFAULT_MODEL, load_model
     from .metrics import hewitt_bound

@@ -38,14 +38,15 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import ExpandConfig
 from .errors import CorruptFileError, InvalidInputError, MissingResourceError
-from .expansion import expansion_report, make_config, require_added
+from .expansion import expansion_report, make_config, require_added, require_finite_rows
 from .handoff import lora_arguments, token_indices
-from .io import atomic_directory, check_output_dir, write_json
+from .io import atomic_directory, check_output_dir, user_path, write_json
 from .memory import peak_memory
-from .loading import BUNDLED, tokenizer_only, unreadable_as_corrupt
+from .loading import BUNDLED, plain_file_name, tokenizer_only, unreadable_as_corrupt
 from .planning import TokenPlan, plan_tokens
 from .resize import record_untied, record_vocab_size
 from .rows import NewRows, OldMatrices, check_pair, initializer_range, starting_rows
+from .serving import finish_folder
 from .strategies import get_strategy
 from .surgery import GrownMatrices, grown_matrices, row_facts
 from .tokenization import Skipped
@@ -126,8 +127,10 @@ class Checkpoint:
             try:
                 index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
                 weight_map = dict(index["weight_map"])
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, RecursionError) as err:
                 raise CorruptFileError(f"cannot read {folder / INDEX}: not a safetensors index ({err})") from err
+            for shard in weight_map.values():
+                plain_file_name(shard, folder / INDEX)  # a shard "../x" would be written outside the output
         elif (folder / SINGLE).is_file():
             index, weight_map = None, {name: SINGLE for name in read_header(folder / SINGLE).entries}
         else:
@@ -164,10 +167,28 @@ def read_header(path: Path) -> Header:
             raise CorruptFileError(f"cannot read {path}: not a safetensors file (the file looks truncated or damaged)")
         try:
             header = json.loads(handle.read(length))
-        except ValueError as err:
-            raise CorruptFileError(f"cannot read {path}: its safetensors header is damaged ({err})") from err
+        except (ValueError, RecursionError) as err:
+            raise CorruptFileError(f"cannot read {path}: its safetensors header is damaged ({str(err)[:120]})") from err
+    if not isinstance(header, dict):
+        raise CorruptFileError(f"cannot read {path}: its safetensors header is not a JSON object (damaged file)")
     metadata = header.pop("__metadata__", None)
+    for name, entry in header.items():
+        if not _is_entry(entry, 8 + length, size):
+            raise CorruptFileError(f"cannot read {path}: the header entry of {str(name)[:80]!r} is not a dtype, shape "
+                                   "and data offsets inside the file (the file looks truncated or damaged)")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CorruptFileError(f"cannot read {path}: its __metadata__ is not a JSON object (damaged file)")
     return Header(header, metadata, 8 + length)
+
+
+def _is_entry(entry: object, start: int, size: int) -> bool:
+    """Whether a safetensors header entry is a dict with a str dtype, a shape of ints >= 0 and two data offsets
+    that lie inside the file."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    ints = lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)  # noqa: E731
+    return ints(shape) and ints(offsets) and len(offsets) == 2 and offsets[0] <= offsets[1] <= size - start
 
 
 @dataclass(frozen=True)
@@ -205,7 +226,7 @@ def is_static(config: ExpandConfig) -> bool:
 
 def holds_safetensors(model: str | os.PathLike) -> bool:
     """Whether ``model`` names a local folder with safetensors weights (not a bundled alias)."""
-    path = Path(model).expanduser()
+    path = user_path(model)
     return str(model) not in BUNDLED and path.is_dir() and any((path / n).is_file() for n in (INDEX, SINGLE))
 
 
@@ -218,7 +239,7 @@ def expand_checkpoint(folder: str | os.PathLike, words: Iterable[str], output: s
     subword/mean); a strategy that learns from text is refused. The output loads with plain from_pretrained;
     an existing one is only replaced with force=True. ``link``: hard-link the unchanged shards (else copy)."""
     start = time.perf_counter()
-    source = Path(folder).expanduser()
+    source = user_path(folder)
     check_output_dir(output, force, inputs=[source])  # before any work
     config = checkpoint_config(dict(input_init=input_init, output_init=output_init, seed=seed), options)
     checkpoint, model_config = open_model_folder(source)
@@ -232,6 +253,7 @@ def expand_checkpoint(folder: str | os.PathLike, words: Iterable[str], output: s
         grown = grown_matrices(old.input, own_head, None if rows.tied else old.bias, plan.tokens_before, rows,
                                config.pad_to_multiple_of, reused)
         tensors = grown_tensors(names, grown)
+        require_finite_rows([grown.input, grown.output, grown.bias], plan.new_token_ids)
     facts = row_facts(grown.plan, rows, len(reused), *parameter_counts(checkpoint, names, old.tied, rows.tied, tensors))
     report = checkpoint_report(plan, facts, config, rows, names, time.perf_counter() - start) | {"model": str(folder)}
     report["peak_memory"] = peak
@@ -242,6 +264,8 @@ def expand_checkpoint(folder: str | os.PathLike, words: Iterable[str], output: s
         report["files"] = write_weights(checkpoint, tmp, tensors, checkpoint.weight_map[names.input], link, progress)
         model_config.save_pretrained(tmp)
         plan.tokenizer.save_pretrained(tmp)
+        head = grown.output if grown.output is not None else grown.input
+        report = finish_folder(tmp, report, (grown.input, head, grown.bias))
         write_json(tmp / "expansion.json", report)
     return CheckpointExpansion(Path(output), plan.tokenizer, report)
 

@@ -17,11 +17,12 @@ import re
 import sys
 import unicodedata
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from .config import (ALIASES, AUTO, AUTO_WITH_TEXT, AUTO_WITHOUT_TEXT, DEFAULTS, FORM_CHOICES, SHARED_WITH_TEXT,
                      ExpandConfig, alias_help)
 from .errors import InvalidInputError, MissingResourceError, VocabExpandError
+from .io import user_path
 from .strategies import STRATEGIES
 
 Runner = Callable[[argparse.Namespace], int]
@@ -42,6 +43,24 @@ def command(name: str, help_text: str) -> Callable:
 
 # A file written by `vocab-expand mine`: every word line is WORD<TAB>FORM<TAB>COUNT.
 MINE_LINE = re.compile(r"^([^\t]+)\t(mid|initial)\t(\d+)$")
+# The longest line of a words file, in bytes: a word is a few dozen characters; a longer line is not a word
+# list (a binary or UTF-16 file, a file of NULs) and is refused before it is held in memory.
+MAX_WORD_LINE_BYTES = 1024
+# How much of a bad word an error message shows.
+SHOWN_CHARACTERS = 40
+
+
+def shown(word: str) -> str:
+    """``word`` as an error message shows it: escaped, and cut after SHOWN_CHARACTERS characters.
+    Example: shown("a\tb") -> "'a\\tb'"; a 10,000-character word -> its first 40 and "... (10000 characters)"."""
+    if len(word) <= SHOWN_CHARACTERS:
+        return repr(word)
+    return f"{word[:SHOWN_CHARACTERS]!r}... ({len(word)} characters)"
+
+
+def control_character(word: str) -> str | None:
+    """The first control or line-separator character of ``word``, or None."""
+    return next((ch for ch in word if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
 
 
 def parse_words(text: str, source: str) -> list[str]:
@@ -49,38 +68,83 @@ def parse_words(text: str, source: str) -> list[str]:
     leading BOM dropped. A file whose every word line is WORD<TAB>FORM<TAB>COUNT (as `mine` writes) is a mine
     file and gives its first column; otherwise a tab or other control character inside a word is refused
     with its line number. Example: "Zion\\nNebuchadnezzar\\r\\n" -> ["Zion", "Nebuchadnezzar"]."""
-    numbered = [(n, line.removesuffix("\r")) for n, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1)]
+    return words_of_lines(enumerate(text.removeprefix("\ufeff").split("\n"), 1), source)
+
+
+def words_of_lines(lines: Iterable[tuple[int, str]], source: str) -> list[str]:
+    """parse_words on (line number, line) pairs, so that a file can be read as a stream."""
+    numbered = [(n, line.removesuffix("\r")) for n, line in lines]
     numbered = [(n, line) for n, line in numbered if line.strip(" ") and not line.lstrip(" ").startswith("#")]
     mined = [MINE_LINE.match(line.strip(" ")) for _, line in numbered]
     if numbered and all(mined):
         return [m.group(1).strip(" ") for m in mined]
-    words = []
-    for n, line in numbered:
-        bad = next((ch for ch in line if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
-        if bad is not None:
-            raise InvalidInputError(f"{source}:{n}: the word {line!r} holds the control character {bad!r}; "
-                                    "give one word a line, without tabs or control characters")
-        words.append(line.strip(" "))
-    return words
+    return [checked_word(line, f"{source}:{n}: the word", "give one word a line, without tabs or control characters")
+            for n, line in numbered]
+
+
+def checked_word(word: str, where: str, hint: str) -> str:
+    """``word`` without surrounding spaces; InvalidInputError ("WHERE 'word' holds the control character ...;
+    HINT") when it holds a control or line-separator character."""
+    bad = control_character(word)
+    if bad is not None:
+        raise InvalidInputError(f"{where} {shown(word)} holds the control character {bad!r}; {hint}")
+    return word.strip(" ")
+
+
+def file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(number, text) of each line of a UTF-8 words file, read as a stream: a line over MAX_WORD_LINE_BYTES is
+    refused when reached, so a binary or NUL-filled file costs neither memory nor a huge message."""
+    with path.open("rb") as handle:
+        number = 0
+        while raw := handle.readline(MAX_WORD_LINE_BYTES + 1):
+            number += 1
+            if len(raw) > MAX_WORD_LINE_BYTES:
+                raise InvalidInputError(f"{path}:{number}: the line is longer than {MAX_WORD_LINE_BYTES} bytes, so "
+                                        "not a word; give one word a line (is this a words file, UTF-8 text?)")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidInputError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+            yield number, (text.removeprefix("\ufeff") if number == 1 else text).removesuffix("\n")
+
+
+def given_words(values: list[str]) -> list[str]:
+    """Words given with --word: each one word, as it is (a leading '#' included: a --word is never a comment);
+    a control character such as a newline is refused, as in a words file."""
+    return [checked_word(value, "--word", "give one word per --word (repeat the option for more)") for value in values]
 
 
 def read_words(args: argparse.Namespace) -> list[str]:
     """Words from --words FILE (see parse_words) and repeated --word."""
     words: list[str] = []
     if getattr(args, "words", None):
-        path = Path(args.words)
+        path = user_path(args.words)
         if not path.is_file():
             raise MissingResourceError(f"no words file at {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as err:
-            raise InvalidInputError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
-        words.extend(parse_words(text, str(path)))
-    given = getattr(args, "word", None) or []
-    words.extend(parse_words("\n".join(given), "--word") if given else [])
+        words.extend(words_of_lines(file_lines(path), str(path)))
+    words.extend(given_words(getattr(args, "word", None) or []))
     if not words:
         raise InvalidInputError("no words given: pass --words FILE (one word a line) or --word WORD (repeatable)")
     return words
+
+
+def add_words_args(parser: argparse.ArgumentParser, corpus_help: str | None = None) -> None:
+    """--words and --word, and --corpus when ``corpus_help`` is given: the inputs every command reads."""
+    parser.add_argument("--words", help="file with one word a line")
+    parser.add_argument("--word", action="append", help="a word to add (repeatable; never read as a comment)")
+    if corpus_help is not None:
+        add_corpus_arg(parser, corpus_help)
+
+
+def add_corpus_arg(parser: argparse.ArgumentParser, corpus_help: str, default: str | None = "kjv") -> None:
+    parser.add_argument("--corpus", default=default, help=corpus_help)
+
+
+def input_paths(args: argparse.Namespace) -> list[str]:
+    """Every input of a command that names something on disk (--model, --corpus, --words): no output may be,
+    contain or sit inside one of them."""
+    given = [getattr(args, name, None) for name in ("model", "corpus", "words")]
+    return [path for source in given for path in local_inputs(source)]
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -145,9 +209,21 @@ def add_expand_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ())
                         dest=f"{name}.{spec.name}")
 
 
-def _add_option(group, name: str, default, text: str, choices=None, dest: str | None = None) -> None:
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """compare's fine-tuning options, generated from TrainConfig's fields (defaults, choices, help and the flag
+    name where it is not the field's, e.g. --lr for learning_rate)."""
+    from .training import TrainConfig
+
+    group = parser.add_argument_group("fine-tuning options")
+    for spec in dataclasses.fields(TrainConfig):
+        _add_option(group, spec.name, spec.default, spec.metadata.get("help", ""), choices=spec.metadata.get("choices"),
+                    flag=spec.metadata.get("flag"))
+
+
+def _add_option(group, name: str, default, text: str, choices=None, dest: str | None = None,
+                flag: str | None = None) -> None:
     """One --flag for a config field: booleans get --flag/--no-flag; numbers are parsed by the default's type."""
-    flag = "--" + name.replace("_", "-")
+    flag = "--" + (flag or name).replace("_", "-")
     dest = dest or name
     help_text = text if "default:" in text else f"{text} (default: %(default)s)".strip()
     if isinstance(default, bool):
@@ -201,10 +277,9 @@ def pair_options(args: argparse.Namespace) -> dict:
 @command("expand", "add words to a model and save the result")
 def build_expand(parser: argparse.ArgumentParser):
     add_model_args(parser)
-    parser.add_argument("--words", help="file with one word a line")
-    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
-    parser.add_argument("--corpus", help="domain text for fit/distill (kjv, a .txt/.jsonl file or a folder; its "
-                                         "train split is used). With it, the default rows are distill/fit")
+    add_words_args(parser)
+    add_corpus_arg(parser, "domain text for fit/distill (kjv, a .txt/.jsonl file or a folder; its train split is "
+                           "used). With it, the default rows are distill/fit (joint on a tied model)", default=None)
     add_device_args(parser)
     add_expand_args(parser)
     parser.add_argument("-o", "--output", required=True, help="output folder (a loadable transformers model)")
@@ -220,9 +295,12 @@ def build_expand(parser: argparse.ArgumentParser):
         from .checkpoint import expand_checkpoint, holds_safetensors, is_static
         from .io import check_output_dir
 
-        check_output_dir(args.output, args.force, inputs=local_inputs(args.model))  # before any work
+        check_output_dir(args.output, args.force, inputs=input_paths(args))  # before any work
         words = read_words(args)
         config = expand_config(args)
+        from .rows import check_sides
+
+        check_sides(config.resolved(bool(args.corpus)))
         placement = device_options(args)
         options = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         # A --dtype asks for the weights converted: that needs the model loaded.
@@ -239,6 +317,10 @@ def build_expand(parser: argparse.ArgumentParser):
         report = result.report
         print(f"saved to {args.output}; parameters {report['parameters_before']:,} -> {report['parameters_after']:,} "
               f"(+{report['parameters_added']:,}, {'tied' if report['tied'] else 'untied'})")
+        from .serving import serving_warnings
+
+        for line in serving_warnings(report.get("serving")):
+            print(f"warning: {line}")
         return 0
 
     return run
@@ -258,13 +340,13 @@ def expand_in_memory(args: argparse.Namespace, words: list[str], options: dict, 
     print_summary(result)
     weights = model.get_input_embeddings().weight
     print(f"method: model (loaded in {str(weights.dtype).removeprefix('torch.')} on {weights.device} and expanded there)")
-    result.save(args.output, force=args.force, allow_empty=args.allow_empty)
+    result.save(args.output, force=args.force, allow_empty=args.allow_empty, inputs=input_paths(args))
     return result
 
 
 def local_inputs(source: str | None) -> list[str]:
-    """A --model or --corpus argument when it names something on disk, which no output may overlap."""
-    return [source] if source and Path(source).expanduser().exists() else []
+    """A --model, --corpus or --words argument when it names something on disk, which no output may overlap."""
+    return [source] if source and (user_path(source).exists() or user_path(source).is_symlink()) else []
 
 
 def print_summary(result) -> None:
@@ -283,42 +365,14 @@ def print_summary(result) -> None:
 @command("compare", "fine-tune with each initialization and show which adapts fastest")
 def build_compare(parser: argparse.ArgumentParser):
     from .experiments import DEFAULT_COMPARE
-    from .training import TRAIN_MODES, TrainConfig
+    from .training import TrainConfig
 
-    defaults = TrainConfig()
     add_model_args(parser)
-    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
-    parser.add_argument("--words", help="file with one word a line")
-    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
+    add_words_args(parser, "kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
     parser.add_argument("--strategies", default=",".join(DEFAULT_COMPARE), help="comma-separated NAME or INPUT/OUTPUT "
                         "(default: %(default)s)")
     parser.add_argument("--twin", action="store_true", help="run on the model's negative-logit twin")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--train", choices=TRAIN_MODES, default=defaults.train,
-                        help="what is trained: full, the embedding matrices, only the new rows, or LoRA adapters "
-                             "plus the new rows (default: %(default)s)")
-    parser.add_argument("--lr-new-rows", type=float, default=defaults.lr_new_rows,
-                        help="the new rows' own learning rate, in every mode (default: --lr)")
-    parser.add_argument("--lora-r", type=int, default=defaults.lora_r, help="LoRA rank (default: %(default)s)")
-    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha, help="LoRA alpha (default: 2 x rank)")
-    parser.add_argument("--lora-target-modules", default=defaults.lora_target_modules,
-                        help="modules LoRA adapts, PEFT's names (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm,
-                        help="gradient clipping (default: %(default)s, as transformers' Trainer)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global sequences per step")
-    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
-    parser.add_argument("--seq-len", type=int, default=defaults.seq_len)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast where supported")
-    parser.add_argument("--eval-tokens", type=int, default=defaults.eval_tokens)
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
-    parser.add_argument("--max-time", type=float, default=defaults.max_time_s, dest="max_time_s",
-                        help="stop after a checkpoint once this many seconds have passed; rerun to resume")
-    parser.add_argument("--save-final", action="store_true", help="keep each strategy's final model")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    add_train_args(parser)
     parser.add_argument("-o", "--output", required=True, help="RUNS folder (rerunning the same command resumes)")
     parser.add_argument("--force", action="store_true", help="replace a folder that holds a different run")
     add_device_args(parser)
@@ -327,6 +381,9 @@ def build_compare(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from .experiments import compare
 
+        from .experiments import check_runs_folder
+
+        check_runs_folder(user_path(args.output), input_paths(args))  # the words file too, before any work
         train = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
         result = compare(args.model, args.corpus, read_words(args), args.strategies, args.output, twin=args.twin,
                          force=args.force, expand_options=pair_options(args), load_options=device_options(args),
@@ -344,7 +401,7 @@ def build_compare(parser: argparse.ArgumentParser):
 @command("mine", "find the words worth adding to a model's tokenizer")
 def build_mine(parser: argparse.ArgumentParser):
     add_model_args(parser)
-    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
+    add_corpus_arg(parser, "kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
     parser.add_argument("--top", type=int, default=100, help="how many words (default: %(default)s)")
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--min-length", type=int, default=3)
@@ -362,11 +419,15 @@ def build_mine(parser: argparse.ArgumentParser):
 
         check_options(args.top, args.min_count, args.min_length, args.pattern, args.forms)  # before any work
         if args.output:
-            check_output_file(args.output, args.force, inputs=local_inputs(args.model) + local_inputs(args.corpus))
+            check_output_file(args.output, args.force, inputs=input_paths(args))
         tokenizer = tokenizer_only(args.model)
         corpus = load_corpus(args.corpus)
         found = mine(tokenizer, corpus, args.top, min_count=args.min_count, min_length=args.min_length,
                      pattern=args.pattern, exclude_numbers=not args.keep_numbers, forms=args.forms)
+        if not found:  # a run that finds nothing says so, and writes no empty words file
+            raise InvalidInputError(f"found no word in {args.corpus} worth adding (seen at least {args.min_count} times, "
+                                    f"at least {args.min_length} characters, split into 2 or more tokens); lower "
+                                    "--min-count or --min-length, or give more text")
         print(f"{'word':<20} {'form':<8} {'count':>7} {'pieces':>6} {'saved':>7}")
         for c in found:
             print(f"{c.word:<20} {c.form:<8} {c.count:>7} {c.pieces:>6} {c.tokens_saved:>7}")
@@ -376,7 +437,7 @@ def build_mine(parser: argparse.ArgumentParser):
         if args.output:
             from .io import write_text_atomic
 
-            write_text_atomic(args.output, "".join(f"{c.word}\t{c.form}\t{c.count}\n" for c in found))
+            write_text_atomic(args.output, "".join(f"{c.word}\t{c.form}\t{c.count}\n" for c in found), force=args.force)
             print(f"wrote {len(found)} words to {args.output}")
         return 0
 
@@ -388,9 +449,7 @@ def build_diagnose(parser: argparse.ArgumentParser):
     from .diagnostics import DEFAULT_STRATEGIES, MAX_TOKENS
 
     add_model_args(parser)
-    parser.add_argument("--words", help="file with one word a line")
-    parser.add_argument("--word", action="append", help="a word to add (repeatable)")
-    parser.add_argument("--corpus", default="kjv", help="kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
+    add_words_args(parser, "kjv, a .txt/.jsonl file or a folder (default: %(default)s)")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                         help=f"comma-separated NAME or INPUT/OUTPUT; names: {', '.join(sorted(STRATEGIES))} "
                              "(default: %(default)s)")
@@ -406,13 +465,15 @@ def build_diagnose(parser: argparse.ArgumentParser):
     def run(args: argparse.Namespace) -> int:
         from .corpus import load_corpus
         from .diagnostics import check_max_tokens, diagnose
+        from .options import check_seed
         from .pairs import parse_strategies
         from .io import atomic_directory, check_output_dir
         from .loading import load_model
         from .report import table, write_into
 
-        check_output_dir(args.output, args.force, inputs=local_inputs(args.model))
+        check_output_dir(args.output, args.force, inputs=input_paths(args))
         check_max_tokens(args.max_tokens)
+        check_seed(args.seed)
         words = read_words(args)
         pairs = [p.name for p in parse_strategies(args.strategies)]
         placement = device_options(args)
@@ -426,7 +487,7 @@ def build_diagnose(parser: argparse.ArgumentParser):
 
             twin = negative_logit_twin(model, tokenizer, corpus)
             found.append(diagnose(twin, tokenizer, words, corpus, pairs, label=f"{args.model} twin", **options))
-        with atomic_directory(args.output, force=args.force) as tmp:
+        with atomic_directory(args.output, force=args.force, inputs=input_paths(args)) as tmp:
             write_into(found[0], tmp)
             if args.twin:
                 (tmp / "twin").mkdir()
@@ -441,6 +502,38 @@ def build_diagnose(parser: argparse.ArgumentParser):
             for row in diagnosis.strategies.values():
                 print("  " + row["verdict"])
         print(f"report: {args.output}/report.md")
+        return 0
+
+    return run
+
+
+@command("export", "write a GGUF for llama.cpp/Ollama through llama.cpp's own converter, and check it in llama.cpp")
+def build_export(parser: argparse.ArgumentParser):
+    from .engines import OUTTYPES
+    from .gguf_export import DEFAULT_MAX_TEXTS
+
+    parser.add_argument("folder", help="an expanded or fine-tuned and merged model folder")
+    parser.add_argument("-o", "--output", required=True, help="the .gguf file to write")
+    parser.add_argument("--outtype", choices=OUTTYPES, default="f16",
+                        help="tensor type of the file (default: %(default)s)")
+    parser.add_argument("--check", action="store_true",
+                        help="load the file in real llama.cpp and compare token ids, new words and greedy text with "
+                             "the folder; exits non-zero if they differ (figures in OUTPUT.check.json)")
+    parser.add_argument("--corpus", default="kjv", help="whose held-out split --check tokenizes (default: %(default)s)")
+    parser.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
+                        help="held-out documents --check compares (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace the output file if it exists")
+
+    def run(args: argparse.Namespace) -> int:
+        from .gguf_export import export
+
+        result = export(args.folder, args.output, outtype=args.outtype, force=args.force, check=args.check,
+                        corpus=args.corpus, max_texts=args.max_texts)
+        print(f"wrote {result.gguf} ({result.outtype}) in {result.seconds:.1f} s")
+        if result.warning and not result.check:
+            print(f"warning: {result.warning}", file=sys.stderr)
+        if result.check:
+            print(result.check["verdict"])
         return 0
 
     return run
@@ -464,15 +557,29 @@ def build_demo(parser: argparse.ArgumentParser):
 
         check_max_tokens(args.max_tokens)
         check_options(args.top, 1, 1, None, DEFAULTS.forms)
-        check_output_dir(args.output, args.force, inputs=local_inputs(args.model) + local_inputs(args.corpus))
+        check_output_dir(args.output, args.force, inputs=input_paths(args))
         return run_demo(args.model, args.corpus, args.top, args.output, args.force, max_tokens=args.max_tokens,
                         load_options=device_options(args))
 
     return run
 
 
+USER_HELP = """Add domain words to a causal language model as single, real vocabulary tokens, with embedding rows
+that keep the model working, and measure that it still does (KL, moved probability, bits per character)."""
+USER_EPILOG = """a typical session:
+  vocab-expand mine --corpus my-text.txt -o words.txt          # the words that save the most tokens
+  vocab-expand diagnose --words words.txt --corpus my-text.txt -o report/
+  vocab-expand expand --words words.txt --corpus my-text.txt -o expanded/    # add --portable for llama.cpp
+  vocab-expand export expanded/ -o expanded.gguf --check      # GGUF for llama.cpp/Ollama, checked in llama.cpp
+  vocab-expand demo                                             # all of it on the bundled model and the KJV
+
+--model takes a bundled alias (smollm2-135m, the default; gemma3-270m), a model folder, a .gguf file or a hub id.
+Each command's own --help lists its options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vocab-expand", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vocab-expand", description=USER_HELP, epilog=USER_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, build) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

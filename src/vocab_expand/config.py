@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal, get_args
 
 from .errors import InvalidInputError, InvalidTypeError
-from .options import check_choice, check_int, doc, opt
+from .options import check_choice, check_int, check_seed, doc, opt
 
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
@@ -28,6 +29,7 @@ TokenKind = Literal["vocab", "added"]
 # The forms each choice of `forms` adds (tokenization.py and mining.py read them from here).
 FORMS_OF: dict[str, tuple[str, ...]] = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
 FORM_CHOICES: tuple[str, ...] = tuple(FORMS_OF)
+DEFAULT_FORMS = "mid"
 TIE_POLICIES: tuple[str, ...] = get_args(TiePolicy)
 TOKEN_KINDS: tuple[str, ...] = get_args(TokenKind)
 
@@ -103,7 +105,7 @@ class ExpandConfig:
     # None keeps the smallest row count; a multiple such as 64 helps tensor cores.
     pad_to_multiple_of: int | None = opt(None, "round the row count up to a multiple of this")
     # "mid" (" word") is the form that occurs in running text; "both" adds the sentence-initial form too.
-    forms: WordForms = opt("mid", "word forms to add: ' word' (mid), 'word' (initial) or both",
+    forms: WordForms = opt(DEFAULT_FORMS, "word forms to add: ' word' (mid), 'word' (initial) or both",
                            choices=FORM_CHOICES)
     # Tied models have one row per token. When the two strategies differ, the output strategy sets it
     # ("output"), because the output row is what decides whether the model's distribution survives.
@@ -120,6 +122,11 @@ class ExpandConfig:
     # place. Off by default: it rewrites rows the model already has, which users should choose knowingly.
     reuse_reserved: bool = opt(False, "vocab mode: turn unused reserved tokens (<|reserved_special_token_N|>) "
                                       "into the new words in place, without growing the matrices")
+    # Vocab mode, BPE only: reach the words by merge chains too, so engines without ignore_merges (llama.cpp
+    # outside the Llama 3 family) tokenize them. Off by default: the chains' intermediate pieces can coarsen
+    # other text (measured in BENCHMARKS.md, "Serving"), which breaks "text without the words is unchanged".
+    portable: bool = opt(False, "vocab mode, BPE: also reach the words by appended merge chains, so that llama.cpp "
+                                "(GGUF) tokenizes them; may coarsen a little other text (see README, Serving)")
     # Added-token mode only: never special by default, since servers skip special tokens when decoding.
     special: bool = opt(False, "added-token mode: special")
     # Added-token mode only, the flags tokenizers know. Control strings match the raw text exactly by default.
@@ -159,8 +166,13 @@ class ExpandConfig:
         check_choice("forms", self.forms, FORM_CHOICES)
         check_choice("tie_policy", self.tie_policy, TIE_POLICIES)
         check_choice("kind", self.kind, TOKEN_KINDS)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise InvalidTypeError(f"seed must be an int, got {self.seed!r}")
+        if self.kind == "added" and self.forms != DEFAULT_FORMS:  # added tokens match the raw text: no forms
+            raise InvalidInputError(f"forms={self.forms!r} applies to vocabulary entries (kind='vocab'); added tokens "
+                                    "match the raw text exactly, so leave out forms (--forms) with kind='added'")
+        if self.kind == "added" and self.portable:
+            raise InvalidInputError("portable applies to vocabulary entries (kind='vocab'): added tokens are matched "
+                                    "in the raw text, which llama.cpp does too; leave out portable (--portable)")
+        check_seed(self.seed)
         routed = {name: value for name, value in zip(_ALIAS_ARGS, given) if value is not UNSET}
         if routed:
             self._route(routed)
@@ -235,6 +247,13 @@ def _check_options(name: str, options: object) -> None:
     if expected is None or not isinstance(options, expected):
         wanted = expected.__name__ if expected else "no options"
         raise InvalidTypeError(f"strategy_options[{name!r}] must be a {wanted}, got {type(options).__name__}")
+    flat = {where: alias for alias, where in ALIASES.items()}
+    for spec in dataclasses.fields(options):  # inf and nan are no one's meaningful setting: refused for all
+        value = getattr(options, spec.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            option = flat.get((name, spec.name), f"{name}_{spec.name}")
+            raise InvalidInputError(f"{option} must be a finite number, got {value} "
+                                    f"(--{option.replace('_', '-')})")
 
 
 def alias_help(name: str) -> tuple[Any, str]:

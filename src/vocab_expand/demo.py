@@ -10,6 +10,8 @@
 
 The rows are learned once: the twin's are the model's shifted as its head was (twin.shifted_rows, exact), and
 the saved expansion writes the rows the diagnosis already learned (apply_plan with Diagnosis.rows).
+
+Left out: options beyond the model, corpus and word count (the other commands take them).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 from . import metrics
 from .corpus import Corpus, require_corpus
 from .errors import InvalidInputError
+from .options import check_seed
 from .expansion import make_config
 from .memory import peak_memory
 from .metrics import hewitt_bound
@@ -51,7 +52,7 @@ from .heads import head_logits, paired_logits
 from .resize import embedding_layout
 from .generation import PROMPTS, generations
 from .heldout import HeldoutSample, heldout_sample, weighted_heldout_sample
-from .pairs import StrategyPair, parse_strategies
+from .pairs import StrategyPair, parse_strategies, ran_label
 from .surgery import grown_for
 from .tokenization import check_words, start_token_id
 from .verdicts import verdict
@@ -63,7 +64,6 @@ __all__ = ["DEFAULT_STRATEGIES", "MAX_TOKENS", "Diagnosis", "diagnose", "Strateg
 DEFAULT_STRATEGIES = ("zeros", "random", "hf_default", "mean", "subword", "subword/mean", "distill/fit")
 # Held-out tokens scored by default: about 20 s a pass for SmolLM2 on 2 CPU cores, enough for stable figures.
 MAX_TOKENS = 8000
-HISTOGRAM_BINS = 60
 
 
 def summarize(values: Tensor, weights: Tensor | None = None) -> dict[str, float]:
@@ -143,6 +143,7 @@ def diagnose(
     the negative-logit twin's are the model's shifted (twin.shifted_rows).
     """
     check_max_tokens(max_tokens)
+    check_seed(seed)
     corpus = require_corpus(corpus)
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
@@ -165,7 +166,7 @@ def diagnose(
             runner.drop_passes(keep_for=pairs[i + 1 :])
             if prompt_list:
                 row["generations"] = runner.generations_after(pair, prompt_list, max_new_tokens)
-            row["verdict"] = verdict(pair.name, row)
+            row["verdict"] = verdict(ran_label(pair.name, row), row)
             figures["strategies"][pair.name] = row
             diagnosis.kl[pair.name] = kl
             diagnosis.rows[pair.name] = runner.rows(pair)

@@ -52,3 +52,11 @@ class NothingAddedError(InvalidInputError):
 
 class MissingPackageError(VocabExpandError, ModuleNotFoundError):
     """An optional package (a bundled model, the kjv corpus) is not installed; the message says how to install it."""
+
+
+class NotFiniteError(VocabExpandError, ArithmeticError):
+    """New rows or a training loss became inf or nan (extreme options): nothing was saved, or training stopped."""
+
+
+class EngineError(VocabExpandError, RuntimeError):
+    """A serving engine (llama.cpp) refused the model, or tokenizes or generates differently from the folder."""

@@ -16,18 +16,21 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .config import ExpandConfig
 from .corpus import as_corpus
-from .errors import NothingAddedError
+from .errors import NothingAddedError, NotFiniteError
 from .io import atomic_directory, write_json
 from .handoff import recommended_lora
 from .memory import peak_memory
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
+from .resize import embedding_layout
 from .rows import NewRows, check_strategies, new_rows
+from .serving import finish_folder, model_matrices
 from .surgery import grow_embeddings
 from .tokenization import Skipped
 
@@ -56,17 +59,24 @@ class Expansion:
     skipped: list[Skipped]
     report: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, *, force: bool = False, allow_empty: bool = False) -> None:
+    def save(self, path: str | os.PathLike, *, force: bool = False, allow_empty: bool = False,
+             inputs: Sequence[str | os.PathLike] = ()) -> None:
         """Write model, tokenizer and expansion.json to ``path`` atomically (a temporary folder, then rename).
 
         The folder loads with plain AutoModelForCausalLM/AutoTokenizer.from_pretrained, no custom code.
         An existing folder is only replaced with force=True. When every word was skipped, nothing is saved
         (NothingAddedError) unless allow_empty=True: an unchanged copy of the model is rarely what was meant.
+        ``inputs``: paths (the model folder, the corpus) that the output may not be, contain or sit inside.
+        A model whose new rows hold inf or nan is never saved (NotFiniteError).
         """
         require_added(self.new_tokens, self.skipped, allow_empty)
-        with atomic_directory(path, force=force) as tmp:
+        layout = embedding_layout(self.model)
+        require_finite_rows([layout.input.weight, None if layout.output is None else layout.output.weight],
+                            self.new_token_ids)
+        with atomic_directory(path, force=force, inputs=inputs) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            self.report = finish_folder(tmp, self.report, model_matrices(self.model))  # adds "serving"
             write_json(tmp / "expansion.json", self.report)
 
 
@@ -118,6 +128,15 @@ def expansion_report(plan: TokenPlan, facts: dict[str, Any], config: ExpandConfi
     }
 
 
+def require_finite_rows(matrices: Sequence[Tensor | None], ids: Sequence[int]) -> None:
+    """NotFiniteError when a new row (``ids``) of any of the ``matrices`` holds inf or nan: such a model is never
+    saved, whatever the options were."""
+    for matrix in matrices:
+        if matrix is not None and len(ids) and not bool(torch.isfinite(matrix.detach()[list(ids)]).all()):
+            raise NotFiniteError("the new rows hold inf or nan, so nothing was saved; an option is out of range "
+                                 "(e.g. a scale or step): rerun with the defaults")
+
+
 def require_added(new_tokens: Sequence[str], skipped: Sequence[Skipped], allow_empty: bool) -> None:
     """NothingAddedError when every word was skipped, unless allow_empty: an unchanged copy of the model is
     rarely what was meant."""
@@ -152,7 +171,8 @@ def expand(
     corpus = as_corpus(corpus)  # a path or alias is loaded, never read as one-character documents
     config = make_config(**{k: v for k, v in given.items() if v is not None}, **options).resolved(corpus is not None)
     check_strategies(model, config, corpus)  # bad choices fail before any work
-    return apply_plan(model, plan_tokens(tokenizer, words, config), config, corpus=corpus, progress=progress)
+    lexicon = getattr(corpus, "train", corpus) or ()  # portable mode picks merge chains that avoid its words
+    return apply_plan(model, plan_tokens(tokenizer, words, config, lexicon), config, corpus=corpus, progress=progress)
 
 
 def make_config(**given: Any) -> ExpandConfig:

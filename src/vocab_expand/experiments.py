@@ -35,11 +35,12 @@ from .pairs import StrategyPair, parse_strategies
 from .errors import InvalidInputError, OutputExistsError
 from .expansion import apply_plan, make_config
 from .planning import plan_tokens
-from .io import check_no_overlap, check_writable, write_json
-from .strategies import get_strategy
+from .io import check_existing_kind, check_no_overlap, check_writable, user_path, write_json
+from .rows import check_strategies
 from .tokenization import check_words, start_token_id
 from .report import write_comparison
 from .training import RunFolder, TrainConfig, TrainingData, data_order, pack, train_run
+from .training.optim import check_lora_targets
 
 DEFAULT_COMPARE = ("hf_default", "random", "zeros", "mean", "subword/mean", "distill/fit")
 REFERENCE = "hf_default"
@@ -116,8 +117,9 @@ def compare(
         check_runs_folder(Path(output), [m for m in (model, corpus) if isinstance(m, (str, os.PathLike))])
     label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin, load_options or {})
     options = dict(expand_options or {})
-    for pair in pairs:  # bad choices fail before any work
-        get_strategy(pair.input), get_strategy(pair.output)
+    for pair in pairs:  # bad choices fail before RUNS/ is touched
+        check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **options), corpus)
+    check_lora_targets(model, config)
     plan = plan_tokens(tokenizer, word_list, make_config(**options))
     plan.require_appended("compare")
     if not plan.entries:
@@ -143,7 +145,8 @@ def compare(
 
 def check_runs_folder(path: Path, inputs: list) -> None:
     """RUNS/ may exist (a rerun resumes), but must be writable and overlap neither the model nor the corpus."""
-    local = [str(i) for i in inputs if str(i) not in ("kjv",) and Path(str(i)).expanduser().exists()]
+    local = [str(i) for i in inputs if str(i) not in ("kjv",) and user_path(str(i)).exists()]
+    check_existing_kind(user_path(path), "folder")
     check_no_overlap(path, local)
     check_writable(path)
 

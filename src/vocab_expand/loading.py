@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .io import atomic_directory
+from .io import atomic_directory, user_path
 from .errors import (
     CorruptFileError,
     HubUnreachableError,
@@ -128,7 +128,9 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, bool]:
     name = str(name_or_path)
     if name in BUNDLED:
         return str(converted_gguf(bundled_gguf(name))), True
-    path = Path(name).expanduser()
+    path = user_path(name)
+    if path.is_symlink() and not path.exists():
+        raise MissingResourceError(f"{path} is a broken link or a link loop; point it at a model folder or .gguf file")
     if path.suffix == ".gguf":
         if not path.is_file():
             raise MissingResourceError(f"no GGUF file at {path}")
@@ -136,12 +138,57 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, bool]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MissingResourceError(f"{path} is a folder without config.json, so not a transformers model folder")
+        check_named_files(path)
         return str(path), True
     if path.exists() or name.startswith((".", "/", "~")):
         raise MissingResourceError(
             f"{name!r} is neither a model folder, a .gguf file nor a bundled alias ({', '.join(BUNDLED)})"
         )
     return name, False
+
+
+def plain_file_name(name: object, source: Path) -> str:
+    """``name``, a file name read from ``source`` (a shard of an index, a file a config names), when it is a plain
+    file name inside the model folder; CorruptFileError for anything else ("../x", "/etc/passwd", "a/b", "..")
+    that would read or write outside the folder. Example: plain_file_name("model-00001.safetensors", ...) passes."""
+    if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\x00" in name
+            or Path(name).name != name):
+        raise CorruptFileError(f"{source} names the file {str(name)[:80]!r}, which is not a plain file name in the "
+                               "model folder; refused (fix or remove that entry)")
+    return name
+
+
+# The files of a model folder that name other files: index files (shards) and configs (keys ending in _file).
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+CONFIG_FILES = ("config.json", "tokenizer_config.json", "generation_config.json")
+
+
+def check_named_files(folder: Path) -> None:
+    """Every file name that a model folder's own files name is a plain name inside the folder (plain_file_name):
+    the shards of its index files, and the *_file entries of its configs."""
+    import json
+
+    for name in (*INDEX_FILES, *CONFIG_FILES):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:
+            raise CorruptFileError(f"cannot read {path}: not valid JSON ({str(err)[:120]})") from err
+        if not isinstance(data, dict):
+            raise CorruptFileError(f"cannot read {path}: it holds no JSON object")
+        if name in INDEX_FILES:
+            weight_map = data.get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CorruptFileError(f"cannot read {path}: it has no weight_map object")
+            for shard in weight_map.values():
+                plain_file_name(shard, path)
+        else:
+            for key, value in data.items():
+                if key.endswith(("_file", "_files")) and value is not None:
+                    for item in value if isinstance(value, list) else [value]:
+                        plain_file_name(item, path)
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
@@ -241,7 +288,7 @@ def load_model(
 def tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """The tokenizer of a model source, without loading or converting the model's weights."""
     name = str(name_or_path)
-    gguf = bundled_gguf(name) if name in BUNDLED else Path(name).expanduser() if name.endswith(".gguf") else None
+    gguf = bundled_gguf(name) if name in BUNDLED else user_path(name) if name.endswith(".gguf") else None
     if gguf is None:
         target, local = resolve(name)
         with unreadable_as_corrupt(Path(target)) if local else hub_errors(target):

@@ -8,10 +8,11 @@ Left out: the options themselves (config.py, each strategy's module).
 
 from __future__ import annotations
 
+import math
 from dataclasses import field
 from typing import Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 
 
 def doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -33,3 +34,27 @@ def check_int(name: str, value: object, minimum: int) -> None:
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InvalidInputError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# One rule for every command's seed: torch's generators take 0 to 2**64 - 1; negative seeds are refused
+# everywhere (expand, diagnose and compare alike) rather than wrapped around by some and refused by others.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object) -> None:
+    """InvalidInputError unless ``seed`` is an integer from 0 to 2**63 - 1. Example: check_seed(-1) raises."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidTypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise InvalidInputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed}")
+
+
+def check_finite(name: str, value: object, minimum: float | None = None, maximum: float | None = None) -> None:
+    """InvalidInputError unless ``value`` is a finite number within [minimum, maximum] (each bound optional).
+    Example: check_finite("cov_scale", float("inf")) raises; check_finite("reg", 1e-3, 0, 1e6) passes."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        bounds = f"from {minimum:g} to {maximum:g}" if minimum is not None and maximum is not None else (
+            f">= {minimum:g}" if minimum is not None else f"<= {maximum:g}")
+        raise InvalidInputError(f"{name} must be {bounds}, got {value!r}")

@@ -6,7 +6,7 @@ Left out: what a pair does (strategies/, rows.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from .errors import InvalidInputError
 from .strategies import STRATEGIES
@@ -41,3 +41,11 @@ def parse_strategies(specs: Iterable[str] | str) -> list[StrategyPair]:
     if not pairs:
         raise InvalidInputError("no strategies given, e.g. strategies=['zeros', 'mean', 'subword/mean']")
     return pairs
+
+
+def ran_label(name: str, row: dict[str, Any]) -> str:
+    """A pair's name, with what actually ran when that differs (a tied model's shared row); ``row`` holds the
+    input_strategy and output_strategy that ran. Example:
+    ("distill/fit", {"input_strategy": "joint", "output_strategy": "joint"}) -> "distill/fit (ran joint)"."""
+    ran = StrategyPair(row["input_strategy"], row["output_strategy"]).name
+    return name if ran == name else f"{name} (ran {ran})"

@@ -61,11 +61,14 @@ class TokenPlan:
                                     "support reuse_reserved: run it without reuse_reserved (the rows are the same)")
 
 
-def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config: ExpandConfig) -> TokenPlan:
+def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config: ExpandConfig,
+                lexicon: Iterable[str] = ()) -> TokenPlan:
     """Check the words, plan their entries through the tokenizer's family, and build the new tokenizer.
 
     New ids follow every existing id; with config.reuse_reserved, unused reserved tokens' ids come first.
     Entries the new tokenizer never produces in ordinary sentences are dropped and reported in skipped.
+    With config.portable, the words' merge chains (families/merge_chains.py) add intermediate entries (form
+    "piece") after the words, their cherries chosen to collide least with the pre-tokens of ``lexicon``.
     """
     word_list = check_words(words)
     start = time.perf_counter()
@@ -81,6 +84,8 @@ def plan_tokens(tokenizer: PreTrainedTokenizerBase, words: Iterable[str], config
     else:
         family = detect_family(spec)
         family_name, plan = family.name, plan_words(family, word_list, config.forms)
+        if config.portable:
+            plan.entries += family.chain_words(plan.entries, lexicon)
     new_ids = _assign_ids(len(plan.entries), reserved, first_id)
     if not plan.entries:
         new_tokenizer = tokenizer if config.inplace else copy.deepcopy(tokenizer)

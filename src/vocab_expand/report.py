@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from .io import atomic_directory, write_json, write_text_atomic
+from .pairs import ran_label
+
+# Bins of the KL and log Z histograms (log-spaced for KL).
+HISTOGRAM_BINS = 60
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnosis
@@ -36,13 +40,13 @@ def write_into(diagnosis: "Diagnosis", folder: Path, *, prefix: str = "", extra_
 
 
 def table(diagnosis: "Diagnosis") -> str:
-    """A short fixed-width table for the terminal."""
+    """A short fixed-width table for the terminal; each strategy labelled with what ran (pairs.ran_label)."""
     f = diagnosis.figures
     lines = [f"{f['label']}: k={f['k']} new tokens, n={f['n']}, bound log(1+k/n)={f['hewitt_bound_nats']:.2e} nats, "
              f"bpc before {f['bpc_before']:.4f}",
              f"{'strategy':<22} {'mean KL':>9} {'max KL':>9} {'moved':>7} {'argmax':>7} {'bpc':>8} {'Δbpc %':>8}"]
     for name, row in diagnosis.strategies.items():
-        lines.append(f"{name:<22} {row['kl']['mean']:>9.2e} {row['kl']['max']:>9.2e} "
+        lines.append(f"{ran_label(name, row):<22} {row['kl']['mean']:>9.2e} {row['kl']['max']:>9.2e} "
                      f"{100 * row['moved_probability']['mean']:>6.1f}% {100 * row['new_token_argmax_share']:>6.1f}% "
                      f"{row.get('bpc_after', math.nan):>8.4f} {row.get('bpc_change_percent', math.nan):>+8.2f}")
     return "\n".join(lines)
@@ -121,7 +125,8 @@ def plot_kl(diagnosis: "Diagnosis", path: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     bound = diagnosis.figures["hewitt_bound_nats"]
     values = torch.cat([v for v in diagnosis.kl.values()]).clamp_min(1e-12)
-    edges = torch.logspace(math.log10(values.min().item()), math.log10(max(values.max().item(), bound * 2)), 60)
+    edges = torch.logspace(math.log10(values.min().item()), math.log10(max(values.max().item(), bound * 2)),
+                           HISTOGRAM_BINS)
     for ax, name in zip(axes.flat, names):
         ax.hist(diagnosis.kl[name].clamp_min(1e-12).numpy(), bins=edges.numpy(), color="tab:blue")
         ax.axvline(bound, color="tab:red", linestyle="--", label="log(1+k/n)")
@@ -138,7 +143,7 @@ def plot_kl(diagnosis: "Diagnosis", path: Path) -> None:
 def plot_log_z(diagnosis: "Diagnosis", path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.hist(diagnosis.log_z.numpy(), bins=60, color="tab:purple")
+    ax.hist(diagnosis.log_z.numpy(), bins=HISTOGRAM_BINS, color="tab:purple")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("log Z (log-partition over the old vocabulary)")
     ax.set_ylabel("prefixes")
@@ -240,21 +245,24 @@ def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, r
         "The twin has exactly the same next-token distribution, but every logit is shifted below -20, as in "
         "GPT-2 small or Gemma-2b. Zero and random rows have logits near 0, so on the twin they take nearly all "
         "the probability; mean rows stay within log(1 + k/n) on both.", "",
-        "| strategy | model: mean KL | model: moved | model: Δbpc | twin: mean KL | twin: moved | twin: Δbpc | "
-        "twin: new tokens in greedy text |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Adoption: where a new token is the right next token, the share of positions at which the model prefers it "
+        "to the word's first old piece (will the model write the new words?).", "",
+        "| strategy (what ran) | model: mean KL | model: moved | model: Δbpc | model: adoption | twin: mean KL | "
+        "twin: moved | twin: Δbpc | twin: new tokens in greedy text |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in original.strategies.items():
         t = twin.strategies[name]
         share = sum(g.get("greedy_new_token_share", 0.0) for g in t["generations"]) / max(1, len(t["generations"]))
-        lines.append(f"| {name} | {row['kl']['mean']:.2e} | {100 * row['moved_probability']['mean']:.2f}% "
-                     f"| {row['bpc_change_percent']:+.2f}% | {t['kl']['mean']:.2e} "
-                     f"| {100 * t['moved_probability']['mean']:.2f}% | {t['bpc_change_percent']:+.2f}% | {100 * share:.0f}% |")
+        lines.append(f"| {ran_label(name, row)} | {row['kl']['mean']:.2e} | {100 * row['moved_probability']['mean']:.2f}% "
+                     f"| {row['bpc_change_percent']:+.2f}% | {100 * row.get('adoption', math.nan):.0f}% "
+                     f"| {t['kl']['mean']:.2e} | {100 * t['moved_probability']['mean']:.2f}% "
+                     f"| {t['bpc_change_percent']:+.2f}% | {100 * share:.0f}% |")
     lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
               "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
               "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
               "![twin bits per character](twin/bits_per_character.png)", "", "## Greedy generations on the twin", ""]
     first = twin.figures["generations_before"][0]
     lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
-    lines += [f"- {name}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
+    lines += [f"- {ran_label(name, row)}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
     lines += ["", "Full reports: [original/report.md](original/report.md), [twin/report.md](twin/report.md)."]
     return "\n".join(lines) + "\n"

@@ -53,13 +53,19 @@ class RowPlan:
         return max(0, min(self.old_rows, self.tokens_before + self.k) - self.tokens_before)
 
 
-def plan_rows(old_rows: int, tokens_before: int, k: int, pad_to_multiple_of: int | None = None) -> RowPlan:
-    """The row plan for adding k tokens to a matrix of ``old_rows`` rows and a tokenizer of ``tokens_before``."""
+def check_rows_cover(old_rows: int, tokens_before: int) -> None:
+    """InvalidInputError when the matrices have fewer rows than the tokenizer has tokens (a model and tokenizer
+    that do not belong together); checked before any rows are computed."""
     if tokens_before > old_rows:
         raise InvalidInputError(
             f"the model has {old_rows} embedding rows but the tokenizer has {tokens_before} tokens; "
             "they must belong together (the model needs at least len(tokenizer) rows)"
         )
+
+
+def plan_rows(old_rows: int, tokens_before: int, k: int, pad_to_multiple_of: int | None = None) -> RowPlan:
+    """The row plan for adding k tokens to a matrix of ``old_rows`` rows and a tokenizer of ``tokens_before``."""
+    check_rows_cover(old_rows, tokens_before)
     needed = max(old_rows, tokens_before + k)
     if pad_to_multiple_of:
         needed = -(-needed // pad_to_multiple_of) * pad_to_multiple_of

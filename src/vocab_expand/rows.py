@@ -68,12 +68,12 @@ def _one_sided_learners(config: ExpandConfig) -> list[Strategy]:
 
 def effective_strategies(tied: bool, config: ExpandConfig) -> tuple[Strategy, Strategy]:
     """(input, output) strategies actually used: a tied model's shared row follows config.tie_policy. With
-    "auto", a pair in which either strategy learns from text (distill/fit, the default with a corpus) shares
-    one `joint` row, fitted against both signals."""
+    "auto", the pair distill/fit (the default with a corpus) shares one `joint` row, fitted against both
+    signals; check_pair refuses any other pair that would need a stand-in."""
     config = config.resolved(False) if AUTO in (config.input_init, config.output_init) else config
     chosen = get_strategy(config.input_init), get_strategy(config.output_init)
     if tied and chosen[0].name != chosen[1].name:
-        if config.tie_policy == AUTO and any(s.needs_corpus for s in chosen):
+        if config.tie_policy == AUTO and (chosen[0].name, chosen[1].name) == AUTO_WITH_TEXT:
             shared = get_strategy(SHARED_WITH_TEXT)
         else:
             shared = chosen[0] if config.tie_policy == "input" else chosen[1]
@@ -90,12 +90,32 @@ def check_strategies(model: nn.Module, config: ExpandConfig, corpus: object = No
     return check_pair(resize.embedding_layout(model).tied, config, corpus)
 
 
+def check_sides(config: ExpandConfig) -> tuple[Strategy, Strategy]:
+    """The named (input, output) strategies of a resolved config; InvalidInputError for one named for a side it
+    does not initialize (fit as input, distill as output): what is named runs on the side it was named for.
+    Needs no model, so the CLI checks it before loading one."""
+    named = get_strategy(config.input_init), get_strategy(config.output_init)
+    for side, strategy in zip(("input", "output"), named):
+        if side not in strategy.sides:
+            other = "INPUT/fit, e.g. subword/fit or distill/fit" if side == "input" else "distill/OUTPUT, e.g. distill/mean"
+            raise InvalidInputError(f"{strategy.name!r} initializes {strategy.sides[0]} rows only, and was named for "
+                                    f"the {side} rows; use {other}")
+    return named
+
+
 def check_pair(model_tied: bool, config: ExpandConfig, corpus: object = None) -> tuple[Strategy, Strategy]:
     """The effective (input, output) strategies for a model whose matrices are tied or not; a clear error for a
     strategy on the wrong side, a one-sided data-driven one on a shared row (or a shared-row one on an untied
     model), or one without text."""
     config = config.resolved(corpus is not None)
+    named = check_sides(config)
     tied = stays_tied(model_tied, config)
+    if (tied and config.tie_policy == AUTO and named[0].name != named[1].name and any(s.needs_corpus for s in named)
+            and (named[0].name, named[1].name) != AUTO_WITH_TEXT):
+        raise InvalidInputError(f"this tied model has one row per new token, so {named[0].name}/{named[1].name} "
+                                f"cannot run as named: use {SHARED_WITH_TEXT} (the tied default with a corpus; "
+                                "distill/fit gives it too), the same strategy on both sides, or tie_policy='untie' "
+                                "(--tie-policy untie) for separate input and output rows")
     pair = effective_strategies(tied, config)
     for side, strategy in zip(("input", "output"), pair):
         if side not in strategy.sides and not (tied and side == "output"):
@@ -111,9 +131,10 @@ def check_pair(model_tied: bool, config: ExpandConfig, corpus: object = None) ->
     if config.reuse_reserved and any(s.needs_corpus for s in pair):
         raise InvalidInputError("reuse_reserved works with strategies that need no text (e.g. subword/mean): "
                                 "fit and distill assume new ids after the old ones; leave reuse_reserved off")
-    if corpus is None and any(s.needs_corpus for s in pair):
-        raise InvalidInputError(f"{' and '.join(s.name for s in pair if s.needs_corpus)} learn rows from domain text: pass "
-                         "corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
+    if corpus is None and any(s.needs_corpus for s in (*named, *pair)):
+        learners = dict.fromkeys(s.name for s in named if s.needs_corpus) or dict.fromkeys(p.name for p in pair)
+        raise InvalidInputError(f"{' and '.join(learners)} learn{'s' if len(learners) == 1 else ''} rows from domain "
+                                "text: pass corpus=... (CLI: --corpus kjv or a file); without text use subword/mean")
     return pair
 
 
@@ -177,6 +198,7 @@ def starting_rows(old: OldMatrices, plan: TokenPlan, config: ExpandConfig, pair:
     """Each side's rows from its strategy's rows() (the final rows of a static pair; a data-driven strategy's
     start), computed in float32 from ``old`` in its stored dtype. ``pair``: check_pair's effective strategies.
     A tied model that stays tied gets input rows only; an untied head gets output rows and bias entries."""
+    resize.check_rows_cover(old.input.shape[0], plan.tokens_before)
     inp, out = pair
     tied = stays_tied(old.tied, config)
     request = row_request(old.initializer_range, plan.tokens_before, plan.pieces, config, "input", inp.name)

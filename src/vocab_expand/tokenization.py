@@ -173,6 +173,8 @@ def unproduced(tokenizer: PreTrainedTokenizerBase, entries: list[NewEntry], ids:
     nowhere. Example: "▁▁Jehoshaphat" in a Llama 2 layout is never produced by "They saw Jehoshaphat there.".
     All sentences go to the tokenizer as one batch (the Rust backend), so 10,000 words cost about a second.
     """
+    kept = [(e, i) for e, i in zip(entries, ids) if e.form != "piece"]  # merge-chain pieces live inside words
+    entries, ids = [e for e, _ in kept], [i for _, i in kept]
     sentences = [[p.format(e.word) for p in PROBES.get(e.form, PROBES["mid"])] for e in entries]
     encoded = iter(tokenizer([t for group in sentences for t in group], add_special_tokens=False)["input_ids"])
     missing = []

@@ -19,7 +19,7 @@ import copy
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 from tokenizers import Tokenizer
 
@@ -44,7 +44,8 @@ class NewEntry:
 
 
 class TokenizerFamily(ABC):
-    """Base class: subclasses set name and implement detects(), entry_for() and extend()."""
+    """Base class: subclasses set name and summary and implement detects(), entry_for() and make_reachable();
+    extend() (here) pins added tokens at their ids, writes the entries and then calls make_reachable()."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -53,6 +54,7 @@ class TokenizerFamily(ABC):
         self.spec = spec
         self.backend = Tokenizer.from_str(json.dumps(spec))
         self.vocab: dict[str, int] = vocab_ids(spec)
+        self.chains: Any = None  # merge_chains.Chains once chain_words() ran (portable mode)
 
     @classmethod
     @abstractmethod
@@ -78,7 +80,25 @@ class TokenizerFamily(ABC):
         pin_added_tokens(spec, self.pinned_score())
         for entry, token_id in entries:
             set_vocab_entry(spec, entry.token, token_id, self.entry_score(entry))
+        if self.chains is not None:  # portable: merges alone reach the words; ignore_merges stays as it was
+            from .merge_chains import append_merges
+
+            append_merges(spec, self.chains.merges)
+            return spec
         return self.make_reachable(spec, [entry for entry, _ in entries])
+
+    def chain_words(self, entries: list[NewEntry], lexicon: Iterable[str]) -> list[NewEntry]:
+        """Portable mode: plan merge chains for ``entries`` (kept for extend()) and return their intermediate
+        pieces as new entries (form "piece"). BPE families only; others raise UnsupportedTokenizerError."""
+        from .merge_chains import PIECE_FORM, build_chains, lexicon_pairs, new_pieces
+
+        if self.spec["model"].get("type") != "BPE":
+            raise UnsupportedTokenizerError(f"portable entries are merge chains, which need a BPE tokenizer; this one "
+                                            f"is {self.spec['model'].get('type')}: leave out portable (--portable)")
+        words = {entry.token for entry in entries}
+        self.chains = build_chains(self, entries, lexicon_pairs(self, lexicon, words))
+        return [NewEntry(word=text, form=PIECE_FORM, token=piece, text=text, pieces=ids)
+                for piece, text, ids in new_pieces(self, self.chains, words)]
 
     @abstractmethod
     def make_reachable(self, spec: dict[str, Any], entries: list[NewEntry]) -> dict[str, Any]:

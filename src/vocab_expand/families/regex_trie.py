@@ -8,6 +8,8 @@ side by side, tokenization throughput rose from 0.72-0.81x of the original's to 
 words, and from 0.73x to 0.84x with 10,000 (BENCHMARKS.md).
 
 Pure string work; the output is Oniguruma-compatible (the regex flavour of the tokenizers library).
+
+Left out: where the pattern goes (sentencepiece.py puts it in a Split pre-tokenizer) and other regex flavours.
 """
 
 from __future__ import annotations

@@ -130,7 +130,20 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: add a strategy to the registry. Rejects bad and duplicate names."""
+    """Class decorator: add a strategy to the registry. Rejects bad and duplicate names, classes that are not
+    strategies, options that are not dataclasses, and data-driven strategies with unknown needs or sides.
+
+    The one line a new static strategy writes, e.g. in strategies/median.py (then add `median` to the import line
+    of strategies/__init__.py)::
+
+        @register_strategy
+        class Median(Strategy):
+            name, summary, source = "median", "the median of the old rows", "README"
+
+            def rows(self, old: Tensor, request: RowRequest) -> Tensor:
+                return old.float().median(dim=0).values.expand(request.k, -1).clone()
+
+    `expand(..., input_init="median")`, `--input-init median` and `diagnose --strategies median` then work."""
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"strategy name must match {_NAME.pattern}, got {name!r} on {cls.__name__}")

@@ -5,7 +5,9 @@ does); if 1e-9 * Sigma is positive definite, rows are sampled from N(mu, 1e-9 Si
 A new bias entry is sampled from N(mean(b), (1e-9 std(b))^2). Reimplemented (same distribution, our seeded
 generator) so that it can be compared with the other strategies on equal terms; placement of the rows
 follows our resize (spare rows reused), not transformers' (always appended).
-Source: transformers PR #33325, modeling_utils._init_added_embeddings_weights_with_mean."""
+Source: transformers PR #33325, modeling_utils._init_added_embeddings_weights_with_mean.
+
+Left out: transformers' placement and its DeepSpeed ZeRO-3 gathering (resize.py places the rows)."""
 
 from __future__ import annotations
 

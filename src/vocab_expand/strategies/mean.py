@@ -3,7 +3,9 @@
 For an output row e = mean(E), Jensen gives exp(h.e) <= (1/n) sum_i exp(h.e_i) <= Z/n for every hidden
 state h, so adding k such tokens moves at most KL = log(1 + k/n) nats on any prefix, for any model.
 Source: John Hewitt (2021), https://nlp.stanford.edu/~johnhew/vocab-expansion.html ; also the
-Alpaca/QLoRA `smart_tokenizer_and_embedding_resize`."""
+Alpaca/QLoRA `smart_tokenizer_and_embedding_resize`.
+
+Left out: noise around the mean (`mean_cov`, `hf_default`); anything learned from text (`fit`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ Two exact samplers, and the cheaper one is chosen: mu + sqrt(s) (E - mu)^T z / s
 costs O(k n d) and never forms the d x d covariance; a factor of Sigma costs O(n d^2 + d^3) and wins for
 k above about d. Both have exactly the distribution N(mu, s Sigma). s is MeanCovOptions.scale
 (ExpandConfig's cov_scale).
-Source: Hewitt (2021); transformers' mean resizing uses s = 1e-9 (see `hf_default`)."""
+Source: Hewitt (2021); transformers' mean resizing uses s = 1e-9 (see `hf_default`).
+
+Left out: transformers' positive-definiteness check (`hf_default` keeps it)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """`random`: N(0, initializer_range^2) rows, the older transformers default (mean_resizing=False).
 Its logits are near 0, so like `zeros` it takes nearly all probability on models with negative logits.
-The bias (untied heads) starts at 0, as transformers' _init_weights leaves it."""
+The bias (untied heads) starts at 0, as transformers' _init_weights leaves it.
+
+Left out: any safety: kept to show the collapse, as `zeros` is."""
 
 from __future__ import annotations
 

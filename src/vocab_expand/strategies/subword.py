@@ -3,7 +3,9 @@
 This is Fast Vocabulary Transfer (Gee et al., 2022, "Fast Vocabulary Transfer for Language Model
 Compression"). On the input side it keeps what the model knew about the word. On a tied or output side it is
 also bounded: by Jensen, exp(h.mean(e_p)) <= mean_p exp(h.e_p) <= Z/m for a word of m pieces.
-For an output bias, the new entry is the mean of the pieces' bias entries."""
+For an output bias, the new entry is the mean of the pieces' bias entries.
+
+Left out: weights per piece (FOCUS, WECHSEL); context (`distill` reads the word in its sentences)."""
 
 from __future__ import annotations
 

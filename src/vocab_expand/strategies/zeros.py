@@ -1,5 +1,7 @@
 """`zeros`: every new row is 0. A logit of exactly 0 beats every logit of a model whose logits are all
-strongly negative, so on such models this collapses generation onto the new tokens. Kept for comparison."""
+strongly negative, so on such models this collapses generation onto the new tokens. Kept for comparison.
+
+Left out: any safety: it is the failure case that `diagnose` shows, not a choice to make."""
 
 from __future__ import annotations
 

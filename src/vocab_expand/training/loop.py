@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, NotFiniteError
 from .checkpoints import SCHEDULER_FILE, RunFolder
 from .config import TrainConfig
 from .data import TrainingData, data_order
@@ -39,6 +39,10 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
         raise InvalidInputError(f"batch_size ({config.batch_size}) must be a multiple of processes x gradient_accumulation "
                          f"({accelerator.num_processes} x {config.gradient_accumulation})")
     order = data_order(data.rows.shape[0], config)
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        # AdamW's epsilon (1e-8) is 0 in float16, so an update where the second moment is 0 is inf: a float16
+        # model's weights were nan after 2 steps. It trains in float32 (the report's evaluations with it).
+        model.float()
     trainable = prepare(model, config, data.first_new, data.vocabulary)
     model, optimizer = trainable.model, trainable.optimizer
     schedule = lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)) * max(0.0, 1 - s / config.steps)  # noqa: E731
@@ -62,6 +66,10 @@ def train_run(model: nn.Module, data: TrainingData, config: TrainConfig, folder:
                                 trainable.update)
         step += 1
         bar.update(1)
+        if not math.isfinite(facts["train_loss"]) and not _weights_finite(model):  # diverged, not a transient
+            bar.close()  # half-precision overflow (whose update was skipped): stop before it is logged as "finished"
+            raise NotFiniteError(f"{desc}: the training loss is {facts['train_loss']} at step {step}, so training "
+                                 "stopped; lower the learning rate (--lr, --lr-new-rows) and run again")
         if accelerator.is_main_process:
             folder.append({"step": step, **facts, "lr": scheduler.get_last_lr()[0]})
         if step % config.eval_every == 0 or step == config.steps:
@@ -102,6 +110,12 @@ def _optimizer_step(model, optimizer, scheduler, rows: Tensor, indices: Tensor, 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"train_loss": accelerator.reduce(total, reduction="mean").item(), "grad_norm": norm, **({"skipped": True} if skipped else {})}
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether every trainable weight is finite (a run whose loss is inf or nan with finite weights skipped
+    that update and goes on; one whose weights are not finite has diverged for good)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
 def _flag(accelerator, value: bool) -> bool:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import MissingResourceError
+from ..errors import InvalidInputError, MissingResourceError
 from ..handoff import recommended_lora
 from .config import TrainConfig, TrainMode
 
@@ -43,15 +43,35 @@ def embedding_weights(model: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in found}.values())
 
 
+def lora_targets(config: TrainConfig) -> str | list[str]:
+    """PEFT's target_modules from config.lora_target_modules: "all-linear" (PEFT's keyword) or the list of the
+    comma-separated names. Example: "q_proj, v_proj" -> ["q_proj", "v_proj"]."""
+    names = config.lora_target_modules
+    return names if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
+
+
+def check_lora_targets(model: nn.Module, config: TrainConfig) -> None:
+    """InvalidInputError, before any run folder is touched, when train="lora" names a target module that matches
+    no module of ``model`` (PEFT matches a name or the end of a dotted path); lists the names that would work."""
+    targets = lora_targets(config)
+    if config.train != "lora" or targets == "all-linear":
+        return
+    paths = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(p == t or p.endswith("." + t) for p in paths)]
+    if missing or not targets:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise InvalidInputError(f"--lora-target-modules: {', '.join(missing) or 'none given'} matches no module of "
+                                f"this model; choose from {', '.join(linear)} or all-linear")
+
+
 def with_lora(model: nn.Module, config: TrainConfig, new_ids: list[int]) -> nn.Module:
     """The model with LoRA adapters and the new rows as PEFT trainable tokens (handoff.recommended_lora)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ModuleNotFoundError as err:
         raise MissingResourceError("train='lora' needs PEFT: pip install peft") from err
-    names = config.lora_target_modules  # "all-linear" (PEFT's keyword) or comma-separated module names
-    targets = names if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
-    options = recommended_lora(model, new_ids, r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets)
+    options = recommended_lora(model, new_ids, r=config.lora_r, lora_alpha=config.lora_alpha,
+                               target_modules=lora_targets(config))
     torch.manual_seed(config.seed)  # LoRA's A matrices are random: the same draw for every strategy and resume
     return get_peft_model(model, LoraConfig(**options))
 

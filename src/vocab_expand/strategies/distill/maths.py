@@ -20,6 +20,8 @@ Left out: sampling the text and finding the windows (learning/), writing rows (r
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import copy
 import time
 from dataclasses import dataclass
@@ -107,11 +109,27 @@ def default_budget(device: torch.device, weights: int | None = None) -> int:
     return 0 if free is None else min(*caps, int(CACHE_SHARE * free))
 
 
+def cache_keyword(body: nn.Module) -> str:
+    """The keyword a model body's forward takes its key/value cache by: "cache" since transformers renamed it
+    (5.2x; "past_key_values" is deprecated there and goes in 5.40), else "past_key_values"."""
+    return _cache_keyword(type(body))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(body_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(body_class.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The key/value cache a forward returned, under either name (``cache``, or ``past_key_values`` before)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def layer_states(model: nn.Module, embeds: Tensor, mask: Tensor, positions: Tensor, cache: Any) -> list[Tensor]:
     """Hidden states [B, T, d] of a tail at LAYER_FRACTIONS of the depth, after a cached prefix; the last is
     the head's input. ``positions`` are explicit, so left-padded prefixes cannot shift them."""
     out = model.base_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, output_hidden_states=True, use_cache=True)
+                           **{cache_keyword(model.base_model): cache}, output_hidden_states=True, use_cache=True)
     depth = len(out.hidden_states) - 1
     picked = [out.hidden_states[max(1, round(f * depth))] for f in LAYER_FRACTIONS if f < 1.0]
     return [*picked, out.last_hidden_state]
@@ -136,8 +154,10 @@ class Distiller:
     ``cache_budget`` bytes allow (None: default_budget(device); 0: none kept), else read again for the step."""
 
     def __init__(self, model: nn.Module, windows: list[Window], n_old: int, cache_budget: int | None = None,
-                 teacher: bool = True):
-        self.model, self.n_old, self.teacher = model, n_old, teacher  # teacher False: only student passes (joint)
+                 teacher: bool = True, read_ahead: bool = True):
+        # teacher False: no teacher states, only student passes (joint); read_ahead False as well: no prefix read
+        # before use either, for a Distiller whose batches are each used once (joint's input gradient)
+        self.model, self.n_old, self.teacher, self.read_ahead = model, n_old, teacher, read_ahead or teacher
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         weights = tensor_bytes(model.parameters())
@@ -158,15 +178,16 @@ class Distiller:
         """Read the batch's prefix once for its teacher states; keep the cache if it fits in the budget. The
         fitting side comes first, so its batches, used every epoch with a gradient, are the ones kept. The
         teacher states (float32, a few positions x d per window) count in the same budget, before the caches;
-        beyond it they are kept on the CPU and brought to the device for each use. Without a teacher (one student
-        pass per batch: joint's input gradient) nothing is read ahead, and each use reads its prefix."""
-        if not self.teacher:
+        beyond it they are kept on the CPU and brought to the device for each use. Without a teacher there are none,
+        and the budget is the caches' (joint's calibration score, read again at every point of its walk); without
+        reading ahead nothing is kept, and each use reads its prefix (one student pass per batch)."""
+        if not self.read_ahead:
             self.batches.append(batch)
             self.targets.append([])
             return
         cache = self._read_prefix(batch)
         reusable = keepable(cache)
-        targets = self._teacher(batch, fresh_view(cache) if reusable else cache)
+        targets = self._teacher(batch, fresh_view(cache) if reusable else cache) if self.teacher else []
         if self.kept_bytes + tensor_bytes(targets) <= self.budget:
             self.kept_bytes += tensor_bytes(targets)
         else:
@@ -184,7 +205,7 @@ class Distiller:
         positions = (batch.prefix_mask.cumsum(1) - 1).clamp_min(0)
         out = self.model.base_model(input_ids=batch.prefix_ids, attention_mask=batch.prefix_mask,
                                     position_ids=positions, use_cache=True)
-        return out.past_key_values
+        return returned_cache(out)
 
     def _pass_cache(self, batch: Batch) -> Any:
         """A prefix cache that one tail pass may extend: a view of the kept one, or the prefix read again (freed

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from .solve import FitData
 
 
+# Past this pull the fitted row is the mean row to float32 precision, and larger values overflowed the solve
+# (1e30 and inf raised RuntimeError): `mean` is the way to ask for that row.
+MAX_REG = 1e6
+
+
 @dataclass(frozen=True)
 class FitOptions:
     """Options of `fit` (ExpandConfig alias: fit_reg)."""
@@ -37,8 +42,9 @@ class FitOptions:
     reg: float | None = opt(None, "fit: L2 pull toward the mean row (default: chosen on a calibration slice)")
 
     def __post_init__(self) -> None:
-        if self.reg is not None and not self.reg >= 0:
-            raise InvalidInputError(f"fit_reg must be >= 0 or None (chosen on the calibration slice), got {self.reg}")
+        if self.reg is not None and not 0 <= self.reg <= MAX_REG:
+            raise InvalidInputError(f"fit_reg must be from 0 to {MAX_REG:g}, or None (chosen on the calibration slice), "
+                                    f"got {self.reg}; a stronger pull gives the mean row: use output_init='mean'")
 
 
 @register_strategy

@@ -118,7 +118,7 @@ class CalibrationLoss:
                  cap: float | None, seed: int, cache_budget: int | None = None):
         self.model, self.calibration, self.cap, self.n_old = model, calibration, cap, n_old
         windows = _at_most(windows, MAX_CALIBRATION_WINDOWS, seed)
-        self.distiller = Distiller(model, windows, n_old, cache_budget) if windows else None
+        self.distiller = Distiller(model, windows, n_old, cache_budget, teacher=False, read_ahead=False) if windows else None
         self.omega = window_weights(calibration, [w.word for w in windows], anchor.shape[0])
         self.read_anchor = [self._states(anchor, i) for i in range(self._batches())]
         self.old_rows, self.old_bias = old_head(model, n_old)
@@ -197,7 +197,7 @@ def input_gradient(model: nn.Module, windows: list, rows: Tensor, omega: Tensor,
     """g [k, d]: the gradient in the read rows of sum_w omega_w nll_w(the model reads ``rows``), the next tokens'
     loss on fitting ``windows`` with the head held at ``rows`` (the input signal itself, not the pull's model of
     it); zero where not ``free``. One student pass per batch of windows, each reading its prefix once."""
-    distiller = Distiller(model, windows, n_old, cache_budget, teacher=False)
+    distiller = Distiller(model, windows, n_old, cache_budget, teacher=False, read_ahead=False)
     old, held = old_head(model, n_old), rows.detach()
     param = rows.detach().clone().to(torch.float32).requires_grad_(True)
     with frozen(model), torch.enable_grad():
