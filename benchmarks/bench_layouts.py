@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import helpers  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 from vocab_expand import Corpus, load_corpus, mine  # noqa: E402
-from vocab_expand.expansion import make_config, plan_tokens  # noqa: E402
+from vocab_expand.config import ExpandConfig  # noqa: E402
+from vocab_expand.expansion import plan_tokens  # noqa: E402
 
 LAYOUTS = {"llama3_tiny": helpers.llama3_style, "qwen2_tiny": helpers.qwen_style,
            "llama2_tiny": helpers.llama2_style, "unigram_tiny": helpers.unigram_style,
@@ -34,7 +35,7 @@ LAYOUTS = {"llama3_tiny": helpers.llama3_style, "qwen2_tiny": helpers.qwen_style
 
 def measure(tokenizer, verses: list[str], top_k: int) -> dict[str, object]:
     words = [c.word for c in mine(tokenizer, Corpus("sample", verses, []), top_k=top_k, min_count=2, progress=False)]
-    plan = plan_tokens(tokenizer, words, make_config())
+    plan = plan_tokens(tokenizer, words, ExpandConfig())
     with tempfile.TemporaryDirectory() as tmp:
         plan.tokenizer.save_pretrained(tmp)
         loaded = AutoTokenizer.from_pretrained(tmp)
@@ -56,7 +57,7 @@ def plan_seconds(tokenizer, n: int) -> float:
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = [f"Zq{letters[i % 26]}{letters[i // 26 % 26]}{letters[i // 676 % 26]}x" for i in range(n)]
     start = time.perf_counter()
-    plan_tokens(tokenizer, words, make_config())
+    plan_tokens(tokenizer, words, ExpandConfig())
     return time.perf_counter() - start
 
 

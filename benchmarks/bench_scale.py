@@ -91,7 +91,7 @@ def run_model_case(case: str, args, device: torch.device, dtype: torch.dtype, co
            "parameters": sum(p.numel() for p in model.parameters()), "weights_gb": weights_bytes(model) / 2**30,
            "tied": model.get_input_embeddings().weight is getattr(model.get_output_embeddings(), "weight", None),
            "load": load, "expand": {}, "options": options}
-    n_old = model.get_input_embeddings().weight.shape[0]
+    rows_before = model.get_input_embeddings().weight.shape[0]
     for k in [int(w) for w in args.words.split(",")]:
         words = [c.word for c in mine(tokenizer, corpus, k, progress=False)]
         # in place, as the CLI does and as a big model needs (expand's default returns a deep copy); the model
@@ -102,7 +102,7 @@ def run_model_case(case: str, args, device: torch.device, dtype: torch.dtype, co
                                  "strategies": f"{result.report['input_strategy']}/{result.report['output_strategy']}",
                                  "parameters_added": result.report["parameters_added"]}
         del result
-        model.resize_token_embeddings(n_old)
+        model.resize_token_embeddings(rows_before)
     words = [c.word for c in mine(tokenizer, corpus, int(args.words.split(",")[0]), progress=False)]
     found, facts = timed(lambda: diagnose(model, tokenizer, words, corpus, NO_TEXT, max_tokens=args.max_tokens,
                                           generate=False, progress=args.progress, **options), device)

@@ -32,7 +32,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 import vocab_expand as ve  # noqa: E402
 from vocab_expand.corpus import Corpus  # noqa: E402
 from vocab_expand.engines import missing_engines  # noqa: E402
-from vocab_expand.expansion import make_config, plan_tokens  # noqa: E402
+from vocab_expand.config import ExpandConfig  # noqa: E402
+from vocab_expand.expansion import plan_tokens  # noqa: E402
 
 OTHER_DEFAULT = Path("/usr/share/doc/git/RelNotes")  # git's release notes: English of another domain
 STATIC = dict(input_init="subword", output_init="mean")  # rows do not change tokenization; fast
@@ -69,9 +70,9 @@ def changed(default, portable, texts: list[str]) -> list[int]:
 
 def chain_figures(tokenizer, words: list[str], corpus: Corpus, other: list[str]) -> dict[str, object]:
     """What the portable design changes in other text, against the default design."""
-    default = plan_tokens(tokenizer, words, make_config())
+    default = plan_tokens(tokenizer, words, ExpandConfig())
     start = time.perf_counter()
-    portable = plan_tokens(tokenizer, words, make_config(portable=True), lexicon=corpus.train)
+    portable = plan_tokens(tokenizer, words, ExpandConfig(portable=True), lexicon=corpus.train)
     pieces = sum(e.form == "piece" for e in portable.entries)
     return {"plan_seconds": round(time.perf_counter() - start, 2), "words_added": len(portable.entries) - pieces,
             "intermediates": pieces, "changed_train": changed(default, portable, corpus.train),

@@ -101,7 +101,7 @@ def test_the_cycle_finder_finds_a_hand_made_cycle_and_ignores_type_checking(tmp_
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert len(graph) > 30 and f"{NAME}.rows" in graph[f"{NAME}.expansion"]
+    assert len(graph) > 30 and f"{NAME}.rows.compute" in graph[f"{NAME}.expansion"]
     assert find_cycle(graph) is None
 
 
@@ -133,7 +133,7 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
     "bench_expand.py": ["--matrices", "tiny", "--ks", "8", "--repeats", "1", "--methods", "ours_mean", "hf_mean"],
     "bench_diagnose.py": ["--model", "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200"],
     "bench_fit.py": ["--models", "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200",
-                     "--strategies", "mean,subword/fit", "--set", "fit_max_positions=2000",
+                     "--strategies", "mean,subword/fit", "--set", "sample_max_positions=2000",
                      "--set", "distill_epochs=1"],
     "bench_mine.py": ["--model", "{model}", "--corpus", "{corpus}", "--megabytes", "0.02"],
     "bench_layouts.py": ["--corpus", "{corpus}", "--verses", "60", "--words", "3", "--layouts", "llama3_tiny,unigram_tiny"],
@@ -145,7 +145,7 @@ SMALLEST = {  # each script at its smallest setting, on a tiny model folder and 
                         "--warmup-steps", "0", "--eval-tokens", "200", "--quiet", "--figure", "recipe.png"],
     "bench_scale.py": ["--device", "cpu", "--dtype", "float32", "--cases", "body:tiny,model:{model}", "--tokenizer",
                        "{model}", "--corpus", "{corpus}", "--words", "2", "--max-tokens", "200",
-                       "--set", "fit_max_positions=2000", "--set", "distill_epochs=1"],
+                       "--set", "sample_max_positions=2000", "--set", "distill_epochs=1"],
 }
 
 
@@ -186,7 +186,7 @@ def test_bench_fit_splits_the_tied_gap_into_reading_and_predicting(bench_inputs,
     out = tmp_path / "split.json"
     args = ["--models", str(bench_inputs / "tied"), "--corpus", str(bench_inputs / "corpus.txt"), "--words", "2",
             "--max-tokens", "200", "--strategies", "joint", "--untied", "distill/fit", "--split-tied-gap",
-            "--no-timing", "--set", "fit_max_positions=2000", "--set", "distill_epochs=1", "--out", str(out)]
+            "--no-timing", "--set", "sample_max_positions=2000", "--set", "distill_epochs=1", "--out", str(out)]
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_fit.py"), *args], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -222,7 +222,7 @@ def test_bench_fit_sets_a_strategys_own_option(bench_inputs, tmp_path):
     out = tmp_path / "step.json"
     base = [sys.executable, str(BENCHMARKS / "bench_fit.py"), "--models", str(bench_inputs / "tied"), "--corpus",
             str(bench_inputs / "corpus.txt"), "--words", "2", "--max-tokens", "200", "--strategies", "joint",
-            "--untied", "", "--no-timing", "--set", "fit_max_positions=2000", "--set", "distill_epochs=1"]
+            "--untied", "", "--no-timing", "--set", "sample_max_positions=2000", "--set", "distill_epochs=1"]
     done = subprocess.run([*base, "--set", "joint.input_step=null", "--out", str(out)], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -249,7 +249,7 @@ def test_no_deprecation_or_future_warning_on_the_current_transformers(layout, ti
     model = make_model(layout, len(tiny_tokenizer))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=docs, fit_max_positions=1024, distill_epochs=1)
+        result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=docs, sample_max_positions=1024, distill_epochs=1)
     assert result.report["input_strategy"] == ("joint" if layout == "tied" else "distill")
     found = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, (DeprecationWarning,
                                                                                                 FutureWarning))]
@@ -280,3 +280,50 @@ def test_families_register_in_their_stated_order():
     defining = sorted(p.stem for p in folder.glob("*.py")
                       if p.stem not in ("__init__", "base") and "@register_family" in p.read_text(encoding="utf-8"))
     assert defining == ["byte_level", "sentencepiece", "unigram"]
+
+
+def test_config_is_a_leaf_and_the_registry_hands_it_the_options_classes():
+    """config.py imports no part of the package but errors and options (the registry writes into it, never the
+    reverse), and the forms it offers are the ones families build."""
+    graph = import_graph()
+    assert graph[f"{NAME}.config"] <= {f"{NAME}.errors", f"{NAME}.options"}
+    from vocab_expand import config
+    from vocab_expand.families import FORMS_OF
+    from vocab_expand.strategies import get_strategy
+
+    assert set(FORMS_OF) == set(config.FORM_CHOICES)
+    assert config.options_class_of("fit") is get_strategy("fit").options_class
+    assert config.ExpandConfig(fit_reg=0.5).options_for("fit") == get_strategy("fit").options_class(reg=0.5)
+
+
+def test_a_fresh_config_import_names_the_missing_registry():
+    """Without the registry, a strategy's options cannot be read: one line says what to import."""
+    out = _fresh_python("from vocab_expand.config import ExpandConfig\n"
+                        "try:\n    ExpandConfig(fit_reg=0.5)\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+                        "import vocab_expand\nprint(vocab_expand.ExpandConfig(fit_reg=0.5).fit_reg)")
+    assert "InvalidInputError" in out and "import vocab_expand.strategies" in out and out.strip().endswith("0.5")
+
+
+# Keys only expansion.json has: a module that writes one of them (a dict literal's key, or an item assigned)
+# assembles the record.
+RECORD_KEYS = {"words_skipped", "tokens_added", "fine_tuning", "serving", "files"}
+
+
+def _written_keys(tree: ast.AST) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            found |= {k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            for target in getattr(node, "targets", None) or [node.target]:
+                if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant):
+                    found.add(target.slice.value)
+    return found
+
+
+def test_expansion_json_is_built_in_one_place():
+    """report.py builds expansion.json (expansion_record, with_source, saved_record) from figures computed
+    elsewhere; no other module writes its keys."""
+    writers = {path.relative_to(PACKAGE).as_posix(): sorted(_written_keys(ast.parse(path.read_text("utf-8"))) & RECORD_KEYS)
+               for path in PACKAGE.rglob("*.py")}
+    assert {name for name, keys in writers.items() if keys} == {"report.py"}, writers

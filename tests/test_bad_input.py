@@ -254,8 +254,8 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
     (["mine", "--min-length", "-3"], "min_length must be an integer >= 1"),
     (["mine", "--top", "0"], "top_k must be an integer >= 1"),
     (["mine", "--pattern", "([a-z"], "is not a valid regular expression"),
-    (["expand", "--fit-max-positions", "1"], "fit_max_positions must be an integer >= 1024"),
-    (["expand", "--fit-max-positions", "100"], "fit_max_positions must be an integer >= 1024"),
+    (["expand", "--sample-max-positions", "1"], "sample_max_positions must be an integer >= 1024"),
+    (["expand", "--sample-max-positions", "100"], "sample_max_positions must be an integer >= 1024"),
     (["expand", "--distill-epochs", "-1"], "distill_epochs must be an integer >= 0"),
     (["expand", "--pad-to-multiple-of", "0"], "pad_to_multiple_of must be positive"),
     (["expand", "--fit-reg", "-1"], "fit_reg must be from 0 to"),
@@ -408,7 +408,7 @@ def test_corpus_as_a_path_string(model_dir, tmp_path, tiny_tokenizer):
     found = ve.mine(tiny_tokenizer, str(corpus), top_k=3, min_count=2, progress=False)
     assert "Jehoshaphat" in [c.word for c in found]
     model = make_model("untied", len(tiny_tokenizer))
-    result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=str(corpus), fit_max_positions=1024,
+    result = ve.expand(model, tiny_tokenizer, ["Jehoshaphat"], corpus=str(corpus), sample_max_positions=1024,
                        distill_epochs=1)
     assert result.report["data_driven"]["sample"]["occurrences_in_training_text"]["Jehoshaphat"] > 100
     with pytest.raises(InvalidTypeError, match="corpus must be a Corpus"):
@@ -435,7 +435,7 @@ def test_fallback_words_are_printed(model_dir, tmp_path, capsys):
     corpus.write_text("\n".join([f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)]
                                 + ["Once only: Nebuchadnezzar."]), encoding="utf-8")
     assert main(["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "Nebuchadnezzar",
-                 "--corpus", str(corpus), "--fit-max-positions", "2048", "--distill-epochs", "1",
+                 "--corpus", str(corpus), "--sample-max-positions", "2048", "--distill-epochs", "1",
                  "-o", str(tmp_path / "o")]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"(fit|joint): 1 words too rare in the text keep their fallback rows: Nebuchadnezzar", printed), printed

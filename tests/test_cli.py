@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from vocab_expand import DEFAULTS, STRATEGIES
 from vocab_expand.cli import build_parser, main
 
-from helpers import make_model
 
 
 def test_expand_writes_a_plain_transformers_folder(model_dir, tmp_path, capsys):
@@ -37,7 +36,7 @@ def test_expand_with_a_corpus_keeps_a_tied_model_tied_and_reports_parameters(mod
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(f"And Jehoshaphat said unto the prophets, {i} times." for i in range(200)), encoding="utf-8")
     common = ["expand", "--model", str(model_dir), "--word", "Jehoshaphat", "--word", "prophets",
-              "--corpus", str(corpus), "--fit-max-positions", "3000", "--distill-epochs", "1"]
+              "--corpus", str(corpus), "--sample-max-positions", "3000", "--distill-epochs", "1"]
     out = tmp_path / "out"
     assert main([*common, "-o", str(out)]) == 0, capsys.readouterr().err
     lines = capsys.readouterr().out.strip().splitlines()

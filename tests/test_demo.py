@@ -6,22 +6,23 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
 import torch
 from helpers import TINY_TEXT, make_model
 
 import vocab_expand as ve
-from vocab_expand import demo, rows as rows_module
+from vocab_expand import demo
+from vocab_expand.generation import PROMPTS
+from vocab_expand.rows import compute as rows_module
 from vocab_expand.corpus import Corpus
-from vocab_expand.expansion import make_config
+from vocab_expand.config import ExpandConfig
 from vocab_expand.planning import plan_tokens
-from vocab_expand.resize import embedding_layout, untie
+from vocab_expand.rows.layout import embedding_layout, untie
 from vocab_expand.twin import shifted_rows
 
 WORDS = ["Jehoshaphat", "prophets"]
 TRAIN = [t for t in TINY_TEXT for _ in range(6)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(30)]
-FAST = dict(fit_max_positions=3000, distill_epochs=2)
+FAST = dict(sample_max_positions=3000, distill_epochs=2)
 
 
 def shifted_twin(model, *args, **kwargs):
@@ -43,7 +44,7 @@ def test_shifted_rows_are_what_learning_on_the_twin_gives(tiny_tokenizer):
     twin = shifted_twin(model)
     # A fixed strength: on a tiny model the calibration loss is flat to 1e-5 nats between strengths, and float
     # rounding then picks either; the solve itself is shift-equivariant.
-    config = make_config(input_init="distill", output_init="fit", fit_reg=1e-3, **FAST).resolved(True)
+    config = ExpandConfig(input_init="distill", output_init="fit", fit_reg=1e-3, **FAST).resolved(True)
     plan = plan_tokens(tiny_tokenizer, WORDS, config)
     learned_on_model = rows_module.new_rows(model, plan, config, corpus)
     learned_on_twin = rows_module.new_rows(twin, plan, config, corpus)
@@ -74,3 +75,9 @@ def test_the_demo_learns_once_and_saves_the_rows_it_diagnosed(model_dir, tmp_pat
     torch.testing.assert_close(saved.get_input_embeddings().weight[n:], original.rows["distill/fit"].input)
     assert report["tied"] and report["input_strategy"] == "joint"
     assert saved.get_output_embeddings().weight.data_ptr() == saved.get_input_embeddings().weight.data_ptr()
+    # the generations start from held-out text that stops before a mined word, and name the new tokens written
+    prompts = [g["prompt"] for g in original.figures["generations_before"]]
+    assert len(prompts) >= 2 and prompts[-1] == PROMPTS[0]
+    summary = (out / "report.md").read_text(encoding="utf-8")
+    section = summary.split("## Greedy generations of the saved model")[1].split("## Greedy generations on the twin")[0]
+    assert section.count("(new tokens: ") == len(prompts) - 1 and "distill/fit (ran joint)" in section

@@ -19,7 +19,7 @@ WORDS = ["Jehoshaphat", "prophets"]
 TRAIN = [t for t in TINY_TEXT for _ in range(6)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(30)]
 CORPUS = Corpus("tiny", train=TRAIN, heldout=TRAIN[-6:] + TINY_TEXT[:2])
-FAST = dict(fit_max_positions=3000, distill_epochs=2)
+FAST = dict(sample_max_positions=3000, distill_epochs=2)
 
 
 def bf16_exact(model: torch.nn.Module) -> torch.nn.Module:

@@ -189,3 +189,30 @@ def test_batched_generations_are_each_prompts_own(tiny_tokenizer):
     assert [r["greedy"] for r in together] == [r["greedy"] for r in alone]
     assert all(r["greedy"] and "greedy_new_token_share" in r for r in together)
     assert (tiny_tokenizer.padding_side, tiny_tokenizer.pad_token) == settings  # the tokenizer left as it was
+
+
+def test_generations_name_the_new_tokens_they_wrote(tiny_tokenizer):
+    """greedy_new_tokens lists the new tokens of the continuation, decoded, in order; their count matches the share."""
+    from vocab_expand.generation import generations
+
+    model = make_model("bias", len(tiny_tokenizer), seed=2)
+    with torch.no_grad():  # token 5 is the greedy choice everywhere
+        model.lm_head.bias[5] = 1e4
+    row = generations(model, tiny_tokenizer, ["And Jehoshaphat said"], 6, 0, new_ids={5})[0]
+    written = row["greedy_new_tokens"]
+    assert written and set(written) == {tiny_tokenizer.decode([5])}
+    assert row["greedy_new_token_share"] == pytest.approx(len(written) / 6)
+
+
+def test_word_prompts_stop_just_before_a_whole_word():
+    from vocab_expand.generation import word_prompts
+
+    documents = ["And Jehoshaphat the king", "Then came Jehoshaphatite men", "So Nebuchadnezzar, and then came Jehoshaphat.",
+                 "x " * 60 + "and so went Nebuchadnezzar"]
+    # Jehoshaphat: not after one word only, nor inside "Jehoshaphatite"; Nebuchadnezzar: its second document
+    first, second = word_prompts(documents, ["Jehoshaphat", "Missing", "Nebuchadnezzar"])
+    assert first == "So Nebuchadnezzar, and then came"
+    assert second.endswith("x and so went") and len(second) <= 80 and not second.startswith(" ")
+    long = word_prompts(documents[3:], ["Nebuchadnezzar"], context_chars=20)
+    assert long == ["x x x x and so went"] and len(long[0]) <= 20
+    assert word_prompts(documents, ["Jehoshaphat", "Nebuchadnezzar"], count=1) == ["So Nebuchadnezzar, and then came"]

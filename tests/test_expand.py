@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vocab_expand import ExpandConfig, expand, hewitt_bound
-from vocab_expand.resize import embedding_layout
+from vocab_expand.rows.layout import embedding_layout
 
 from helpers import SPARE_ROWS, make_model
 

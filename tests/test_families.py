@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from vocab_expand.expansion import make_config
+from vocab_expand.config import ExpandConfig
 from vocab_expand.planning import plan_tokens
 from vocab_expand.loading import tokenizer_only
 
@@ -71,7 +71,7 @@ def expanded(request):
     if name in REAL:
         request.applymarker(pytest.mark.slow)
     tokenizer = TOKENIZERS[name]()
-    plan = plan_tokens(tokenizer, WORDS, make_config(forms="both"))
+    plan = plan_tokens(tokenizer, WORDS, ExpandConfig(forms="both"))
     return name, tokenizer, plan
 
 

@@ -14,7 +14,7 @@ from vocab_expand.config import ExpandConfig
 from vocab_expand.learning.windows import windows_in
 from vocab_expand.strategies.distill import DistillOptions, contexts_per_word
 from vocab_expand.strategies.distill.maths import Distiller
-from vocab_expand.rows import new_rows
+from vocab_expand.rows.compute import new_rows
 from vocab_expand.strategies.fit.solve import FitData, objective, solve_rows, thinned
 from vocab_expand.forward import run_pass
 from vocab_expand.learning.sampling import (
@@ -32,7 +32,7 @@ WORDS = ["Jehoshaphat", "prophets", "Tokyo"]
 TRAIN = [t for t in TINY_TEXT for _ in range(12)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(40)]
 CORPUS = Corpus("tiny", train=TRAIN, heldout=TINY_TEXT[:2])
-FAST = dict(fit_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
+FAST = dict(sample_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
 
 
 def random_problem(seed: int = 0, positions: int = 300, k: int = 3, d: int = 5) -> FitData:
@@ -114,8 +114,8 @@ def test_distillation_lowers_its_error_and_only_moves_new_input_rows(tiny_tokeni
 
 
 def test_distillation_windows_match_the_last_piece_and_following_tokens():
-    n_old, pieces = 100, [[7, 8, 9], [5]]
-    found = windows_in([1, 2, 100, 3, 4, 101, 6], pieces, n_old, start_id=0, context=1, after=5, calibration=False)
+    tokens_before, pieces = 100, [[7, 8, 9], [5]]
+    found = windows_in([1, 2, 100, 3, 4, 101, 6], pieces, tokens_before, start_id=0, context=1, after=5, calibration=False)
     first, second = found
     assert (first.prefix, first.student, first.teacher) == ([0, 2], [100, 3, 4], [7, 8, 9, 3, 4])
     assert [first.teacher[p] for p in first.teacher_positions] == [9, 3, 4]

@@ -22,7 +22,7 @@ WORDS = ["Jehoshaphat", "prophets", "Tokyo"]
 TRAIN = [t for t in TINY_TEXT for _ in range(12)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king in Tokyo." for i in range(40)]
 CORPUS = Corpus("tiny", train=TRAIN, heldout=TINY_TEXT[:2])
-FAST = dict(fit_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
+FAST = dict(sample_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
 
 
 def joint_options(**weights: float) -> dict:
@@ -206,20 +206,20 @@ def test_the_input_gradient_is_the_gradient_of_the_next_tokens_loss(tiny_tokeniz
     from vocab_expand.strategies.joint.objective import input_gradient, old_head, tail_nll
 
     model = make_model("tied", len(tiny_tokenizer))
-    n_old, d = len(tiny_tokenizer), model.get_input_embeddings().weight.shape[1]
+    tokens_before, d = len(tiny_tokenizer), model.get_input_embeddings().weight.shape[1]
     ids = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
     from vocab_expand.learning.windows import Window
 
-    windows = [Window(word=j, prefix=[0, *ids(" the king")], student=[n_old + j, *ids(" went up")], teacher=[],
+    windows = [Window(word=j, prefix=[0, *ids(" the king")], student=[tokens_before + j, *ids(" went up")], teacher=[],
                       student_positions=[], teacher_positions=[], calibration=False) for j in (0, 1, 0)]
     g = torch.Generator().manual_seed(0)
     rows = 0.05 * torch.randn(3, d, generator=g)
     omega = torch.tensor([0.5, 1.0, 2.0])
     free = torch.tensor([True, True, False])
-    grad = input_gradient(model, windows, rows, omega, n_old, free=free)
+    grad = input_gradient(model, windows, rows, omega, tokens_before, free=free)
     assert all(p.grad is None for p in model.parameters())
     assert grad[2].abs().max() == 0 and grad[:2].abs().max() > 0
-    distiller, old = Distiller(model, windows, n_old, teacher=False, read_ahead=False), old_head(model, n_old)
+    distiller, old = Distiller(model, windows, tokens_before, teacher=False, read_ahead=False), old_head(model, tokens_before)
 
     def loss(e: torch.Tensor) -> float:
         with torch.no_grad():
@@ -271,6 +271,6 @@ def test_input_step_0_the_default_keeps_the_solved_rows(tied_expansion, stepped_
     moved = default.model.get_input_embeddings().weight[ids].detach() - unstepped
     share = default.report["data_driven"]["joint"]["input_step"]
     assert share > 0  # on this model the walk keeps a step, so the two differ
-    n_old = model.get_input_embeddings().weight.shape[0]
-    mean_row = model.get_input_embeddings().weight[:n_old].detach().to(torch.float32).mean(0)
+    tokens_before = model.get_input_embeddings().weight.shape[0]
+    mean_row = model.get_input_embeddings().weight[:tokens_before].detach().to(torch.float32).mean(0)
     assert moved.norm().item() == pytest.approx(share * (unstepped - mean_row).norm().item(), rel=1e-3)

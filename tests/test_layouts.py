@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from vocab_expand import expand
 from vocab_expand.errors import InvalidInputError
-from vocab_expand.expansion import make_config, plan_tokens
+from vocab_expand.config import ExpandConfig
+from vocab_expand.expansion import plan_tokens
 from vocab_expand.families import detect_family
 from vocab_expand.families.sentencepiece import SentencePieceBPE
 from vocab_expand.tokenization import next_free_id, tokenizer_spec
@@ -79,18 +80,18 @@ def test_reuse_reserved_turns_reserved_tokens_into_the_words_in_place(llama3, tm
 def test_reserved_tokens_in_use_are_kept_and_fit_is_refused(llama3):
     tok = llama3_style(reserved=3)
     tok.chat_template = tok.chat_template + "<|reserved_special_token_0|>"
-    plan = plan_tokens(tok, ["Nebuchadnezzar"], make_config(reuse_reserved=True))
+    plan = plan_tokens(tok, ["Nebuchadnezzar"], ExpandConfig(reuse_reserved=True))
     assert plan.new_token_ids == [reserved_ids(tok)[1]]
     with pytest.raises(InvalidInputError, match="reuse_reserved"):
         expand(make_model("untied", len(llama3)), llama3, ["Nebuchadnezzar"], reuse_reserved=True,
                corpus=["Nebuchadnezzar the king"] * 4)
     with pytest.raises(InvalidInputError, match="kind='vocab'"):
-        plan_tokens(llama3, ["<tool>"], make_config(reuse_reserved=True, kind="added"))
+        plan_tokens(llama3, ["<tool>"], ExpandConfig(reuse_reserved=True, kind="added"))
 
 
 def test_a_dropped_form_is_reported_even_when_another_form_was_added(llama3):
     """Llama 3's regex keeps "-Jehu" whole at a line's start but splits " -Jehu" into " -" and "Jehu"."""
-    plan = plan_tokens(llama3, ["-Jehu", "Nebuchadnezzar"], make_config(forms="both"))
+    plan = plan_tokens(llama3, ["-Jehu", "Nebuchadnezzar"], ExpandConfig(forms="both"))
     assert [(e.word, e.form) for e in plan.entries] == [("-Jehu", "initial"), ("Nebuchadnezzar", "mid"),
                                                         ("Nebuchadnezzar", "initial")]
     assert [(s.word, s.form) for s in plan.skipped] == [("-Jehu", "mid")]
@@ -104,14 +105,14 @@ def test_an_entry_text_never_produces_is_skipped_with_the_reason(monkeypatch):
     tok = llama2_style()
     monkeypatch.setattr(SentencePieceBPE, "form_token",
                         lambda self, word, form: self.normalize(" " + word if form == "mid" else word))
-    plan = plan_tokens(tok, ["Nebuchadnezzar"], make_config())
+    plan = plan_tokens(tok, ["Nebuchadnezzar"], ExpandConfig())
     assert plan.entries == [] and plan.new_token_ids == [] and len(plan.tokenizer) == len(tok)
     assert [s.form for s in plan.skipped] == [""]
     assert "never produces '▁▁Nebuchadnezzar'" in plan.skipped[0].reason
 
 
 def test_llama2_layout_adds_what_text_produces():
-    plan = plan_tokens(llama2_style(), ["Nebuchadnezzar"], make_config(forms="both"))
+    plan = plan_tokens(llama2_style(), ["Nebuchadnezzar"], ExpandConfig(forms="both"))
     assert [e.token for e in plan.entries] == ["▁Nebuchadnezzar", "Nebuchadnezzar"]
     ids = plan.tokenizer("Nebuchadnezzar said to Nebuchadnezzar:\nNebuchadnezzar!")["input_ids"]
     assert [i for i in ids if i in plan.new_token_ids] == [plan.new_token_ids[0]] * 2 + [plan.new_token_ids[1]]
@@ -138,14 +139,14 @@ def test_unigram_vocab_and_added_modes(tmp_path):
 
 def test_unigram_longer_word_beats_a_shorter_new_word_plus_its_rest():
     """With a flat margin "▁offering" + "s" would tie "▁offerings"; the margin grows with the length."""
-    plan = plan_tokens(unigram_style(), ["offering", "offerings"], make_config())
+    plan = plan_tokens(unigram_style(), ["offering", "offerings"], ExpandConfig())
     assert plan.skipped == [] and len(plan.entries) == 2
     ids = plan.tokenizer("the offerings and the offering", add_special_tokens=False)["input_ids"]
     assert [i for i in ids if i in plan.new_token_ids] == [plan.new_token_ids[1], plan.new_token_ids[0]]
 
 
 def test_unigram_refuses_words_with_unknown_characters():
-    plan = plan_tokens(unigram_style(), ["Zürich"], make_config())
+    plan = plan_tokens(unigram_style(), ["Zürich"], ExpandConfig())
     assert plan.entries == [] and "lacks" in plan.skipped[0].reason
 
 
@@ -158,7 +159,7 @@ def test_the_generic_class_keeps_the_original_classes_api_and_padding_side():
         assert extra == set(), name
     tok = llama3_style(reserved=2)
     tok.padding_side, tok.pad_token = "left", "<|end_of_text|>"
-    plan = plan_tokens(tok, ["Nebuchadnezzar"], make_config())
+    plan = plan_tokens(tok, ["Nebuchadnezzar"], ExpandConfig())
     assert plan.tokenizer.padding_side == "left"
     batch = plan.tokenizer(["I saw Nebuchadnezzar", "the king of Israel, Nebuchadnezzar"], padding=True)
     assert batch["attention_mask"][0][0] == 0 and batch["input_ids"][0][-1] == plan.new_token_ids[0]
@@ -171,7 +172,7 @@ def test_real_llama3_reserved_tokens_reused_and_specials_kept(tmp_path):
     from helpers import real_llama3
 
     tok = real_llama3()
-    plan = plan_tokens(tok, ["Jehoshaphat", "Nebuchadnezzar"], make_config(reuse_reserved=True))
+    plan = plan_tokens(tok, ["Jehoshaphat", "Nebuchadnezzar"], ExpandConfig(reuse_reserved=True))
     assert plan.new_token_ids == [128002, 128003] and len(plan.tokenizer) == len(tok) == 128256
     plan.tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
@@ -190,8 +191,8 @@ def test_unigram_without_metaspace_is_refused_clearly_and_added_mode_works():
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
     with pytest.raises(UnsupportedTokenizerError, match="sentencepiece_unigram.*kind='added'"):
-        plan_tokens(tok, ["abba"], make_config())
-    assert plan_tokens(tok, ["<x>"], make_config(kind="added")).new_token_ids == [4]
+        plan_tokens(tok, ["abba"], ExpandConfig())
+    assert plan_tokens(tok, ["<x>"], ExpandConfig(kind="added")).new_token_ids == [4]
 
 
 def test_diagnose_and_compare_refuse_reuse_reserved(llama3, tmp_path):

@@ -16,7 +16,8 @@ from serving_helpers import engines_missing_reason, layout_folder
 
 import vocab_expand as ve
 from vocab_expand.errors import EngineError, InvalidInputError, MissingPackageError, OutputExistsError
-from vocab_expand.expansion import make_config, plan_tokens
+from vocab_expand.config import ExpandConfig
+from vocab_expand.expansion import plan_tokens
 from vocab_expand.families import detect_family
 from vocab_expand.families.merge_chains import _caterpillar, build_chains, lexicon_pairs, unreached_by_merges
 from vocab_expand.tokenization import tokenizer_spec
@@ -33,8 +34,8 @@ def test_caterpillar_grows_the_cherry_right_then_left():
 @pytest.mark.parametrize("build", [train_byte_level_bpe, train_sentencepiece_bpe], ids=["byte_level", "sentencepiece"])
 def test_portable_words_are_built_by_merges_alone_and_coarsen_other_text(build):
     tok = wrap(build())
-    default = plan_tokens(tok, WORDS, make_config())
-    portable = plan_tokens(tok, WORDS, make_config(portable=True), lexicon=TINY_TEXT)
+    default = plan_tokens(tok, WORDS, ExpandConfig())
+    portable = plan_tokens(tok, WORDS, ExpandConfig(portable=True), lexicon=TINY_TEXT)
     words = [e.token for e in portable.entries if e.form != "piece"]
     # every word whose characters the vocabulary holds (the tiny SentencePiece one lacks "Z": byte fallback)
     assert len(words) == len(default.entries) - (build is train_sentencepiece_bpe) >= 3
@@ -78,9 +79,9 @@ def test_the_cherry_is_the_pair_the_lexicon_holds_least():
 
 def test_portable_is_refused_for_added_tokens_and_unigram():
     with pytest.raises(InvalidInputError, match="portable"):
-        make_config(portable=True, kind="added")
+        ExpandConfig(portable=True, kind="added")
     with pytest.raises(ve.UnsupportedTokenizerError, match="BPE"):
-        plan_tokens(unigram_style(), ["offering"], make_config(portable=True))
+        plan_tokens(unigram_style(), ["offering"], ExpandConfig(portable=True))
 
 
 def test_export_refuses_bad_input_before_any_work(tmp_path, model_dir):
@@ -223,3 +224,30 @@ def test_an_engine_failure_is_told_by_its_last_exception_line():
           "NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()\n\n"
     assert last_error(log) == "NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()"
     assert last_error("only a line\n") == "only a line" and last_error("") == "no output"
+
+
+def test_gguf_string_reads_the_header_as_gguf_py_does(tmp_path):
+    """The header reader stops at its key; on every kind of field before it, it agrees with gguf-py's GGUFReader."""
+    import gguf
+    import numpy as np
+
+    from vocab_expand.gguf_export import _gguf_string_slow, gguf_string
+
+    path = tmp_path / "h.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("a.u32", 7)
+    writer.add_float64("a.f64", 0.5)
+    writer.add_bool("a.bool", True)
+    writer.add_array("a.tokens", ["Ġx", "", "ÿ" * 300] * 50)
+    writer.add_array("a.scores", [0.5, 1.5] * 40)
+    writer.add_string("tokenizer.ggml.pre", "qwen2")
+    writer.add_array("a.nested", [[1, 2], [3]])
+    writer.add_string("last", "é" * 5)
+    writer.add_tensor("w", np.zeros((2, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for key in ("tokenizer.ggml.pre", "last", "general.architecture", "missing"):
+        assert gguf_string(path, key) == _gguf_string_slow(path, key)
+    assert gguf_string(path, "tokenizer.ggml.pre") == "qwen2" and gguf_string(path, "a.u32") is None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,20 +13,20 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from vocab_expand import Corpus, apply_plan, expand, plan_tokens
 from vocab_expand.diagnostics import _Runner, diagnose
-from vocab_expand.expansion import make_config
+from vocab_expand.config import ExpandConfig
 from vocab_expand.generation import generations
 from vocab_expand.learning.windows import windows_in
 from vocab_expand.memory import peak_memory, tensor_bytes
 from vocab_expand.pairs import StrategyPair
-from vocab_expand.rows import new_rows
+from vocab_expand.rows.compute import new_rows
 from vocab_expand.strategies.distill.maths import Distiller, cache_bytes, distill_rows
-from vocab_expand.surgery import grown_for
+from vocab_expand.rows.grow import grown_for
 
 WORDS = ["Jehoshaphat", "prophets"]
 TRAIN = [t for t in TINY_TEXT for _ in range(12)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(40)]
 CORPUS = Corpus("tiny", train=TRAIN, heldout=[t for t in TINY_TEXT if "Jehoshaphat" in t or "prophets" in t])
-FAST = dict(fit_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
+FAST = dict(sample_max_positions=4000, distill_epochs=2, calibration_fraction=0.25)
 
 
 def hybrid_gemma(n: int) -> Gemma3ForCausalLM:
@@ -159,8 +157,8 @@ def test_joint_and_distill_give_the_same_rows_with_budget_0(tiny_tokenizer):
 
 def test_the_cache_budget_is_checked():
     with pytest.raises(ValueError, match="distill_cache_budget must be an integer >= 0"):
-        make_config(distill_cache_budget=-1)
-    assert make_config(distill_cache_budget=4e9).distill_cache_budget == 4_000_000_000  # the CLI parses 4e9 so
+        ExpandConfig(distill_cache_budget=-1)
+    assert ExpandConfig(distill_cache_budget=4e9).distill_cache_budget == 4_000_000_000  # the CLI parses 4e9 so
 
 
 def _parameters(model: torch.nn.Module) -> dict[str, object]:
@@ -173,7 +171,7 @@ def test_grown_for_restores_the_model_exactly(tiny, raises):
     not: afterwards the same Parameter objects and values, row counts, config and tie, also when the block raises."""
     layout, model, tokenizer = tiny
     for policy, pad in [("auto", None), ("untie", None), ("auto", 64), ("untie", 64)]:
-        config = make_config(input_init="subword", output_init="random", tie_policy=policy, pad_to_multiple_of=pad)
+        config = ExpandConfig(input_init="subword", output_init="random", tie_policy=policy, pad_to_multiple_of=pad)
         plan = plan_tokens(tokenizer, WORDS, config)
         rows = new_rows(model, plan, config)
         before, state = _parameters(model), {k: v.clone() for k, v in model.state_dict().items()}
@@ -209,7 +207,7 @@ def test_diagnose_never_copies_the_model_and_leaves_it_as_it_was(layout, tiny_to
     prompts = [p["prompt"] for p in diagnosis.figures["generations_before"]]
     for spec in pairs:  # the generations of a copy grown by apply_plan, as diagnose made them before
         pair = StrategyPair.parse(spec)
-        config = make_config(input_init=pair.input, output_init=pair.output)
+        config = ExpandConfig(input_init=pair.input, output_init=pair.output)
         plan = plan_tokens(tiny_tokenizer, WORDS, config)
         copy_ = apply_plan(model, plan, config)
         expected = generations(copy_.model, copy_.tokenizer, prompts, 6, 0, new_ids=set(copy_.new_token_ids))
@@ -292,7 +290,7 @@ def test_a_tight_memory_cap_gives_a_smaller_sample(tiny_tokenizer, monkeypatch):
         f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(200)]
     corpus = Corpus("tiny", train=train, heldout=train[-6:])
     model = make_model("untied", len(tiny_tokenizer))
-    config = make_config(input_init="mean", output_init="fit")
+    config = ExpandConfig(input_init="mean", output_init="fit")
     plan = plan_tokens(tiny_tokenizer, ["Jehoshaphat", "prophets"], config)
     roomy = new_rows(model, plan, config, corpus).details["sample"]
     # 16-wide states at 4 + 8 floats a position... so little memory that the cap binds at its floor

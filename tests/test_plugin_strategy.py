@@ -19,7 +19,7 @@ WORDS = ["Jehoshaphat", "prophets"]
 TRAIN = [t for t in TINY_TEXT for _ in range(6)] + [
     f"And Jehoshaphat sent {i} of the prophets unto the king of Israel." for i in range(30)]
 CORPUS = Corpus("tiny", train=TRAIN, heldout=TRAIN[-6:] + TINY_TEXT[:2])
-FAST = dict(fit_max_positions=3000, calibration_fraction=0.25)
+FAST = dict(sample_max_positions=3000, calibration_fraction=0.25)
 
 PLUGIN = '''
 from dataclasses import dataclass, field
@@ -46,7 +46,7 @@ class MeanState(DataDrivenStrategy):
         states = context.states()
         rows, learned = start.clone(), []
         for j, word in enumerate(context.words):
-            at = (states.stats.target == context.n_old + j) & (states.weight > 0)
+            at = (states.stats.target == context.tokens_before + j) & (states.weight > 0)
             if at.any():
                 rows[j] = options.scale * states.stats.hidden[at].mean(0)
                 learned.append(word)

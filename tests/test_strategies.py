@@ -11,8 +11,8 @@ from vocab_expand.strategies.mean_cov import MeanCovOptions
 PIECES = [[0, 1], [2], [1, 2, 3]]
 
 
-def request(seed: int = 0, reference_rows: int = 6, options: object = None) -> RowRequest:
-    return RowRequest(pieces=PIECES, reference_rows=reference_rows,
+def request(seed: int = 0, tokens_before: int = 6, options: object = None) -> RowRequest:
+    return RowRequest(pieces=PIECES, tokens_before=tokens_before,
                       generator=torch.Generator().manual_seed(seed), initializer_range=0.02, options=options)
 
 
@@ -37,7 +37,7 @@ def test_every_strategy_shapes_dtype_finite_and_seeded(name, dtype):
 
 def test_random_rows_differ_by_seed_and_follow_initializer_range():
     strategy = get_strategy("random")
-    big = RowRequest(pieces=[[0]] * 4000, reference_rows=6, generator=torch.Generator().manual_seed(0))
+    big = RowRequest(pieces=[[0]] * 4000, tokens_before=6, generator=torch.Generator().manual_seed(0))
     rows = strategy.rows(old_matrix(), big)
     assert rows.mean().abs() < 2e-3 and abs(rows.std().item() - 0.02) < 1e-3
     assert not torch.equal(strategy.rows(old_matrix(), request(1)), strategy.rows(old_matrix(), request(2)))
@@ -48,7 +48,7 @@ def test_zeros_by_hand():
     assert torch.equal(get_strategy("zeros").rows(old_matrix(), request()), torch.zeros(3, 5))
 
 
-def test_mean_by_hand_uses_reference_rows_only():
+def test_mean_by_hand_uses_the_old_vocabulary_rows_only():
     old = torch.tensor([[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]])  # row 2 is a spare, untrained row
     rows = get_strategy("mean").rows(old, RowRequest([[0], [1]], 2, torch.Generator()))
     assert torch.equal(rows, torch.tensor([[2.0, 3.0], [2.0, 3.0]]))

@@ -46,6 +46,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'vocab_expand' has no attribute {name!r}")
+    if _EXPORTS[name] == "config":  # options name strategies: load the registry, which config itself never imports
+        import_module(".strategies", __name__)
     value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value

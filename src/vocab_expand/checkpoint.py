@@ -2,7 +2,7 @@
 
 A static strategy (any that is not a DataDrivenStrategy: mean, subword, hf_default, zeros, random, mean_cov)
 needs only the old embedding and head matrices. So only those tensors are read, in their stored dtype, and the
-rows go through the code expand() uses (rows.starting_rows, surgery.grown_matrices: float32 maths, cast back to
+rows go through the code expand() uses (rows.compute.starting_rows, rows.grow.grown_matrices: float32 maths, cast back to
 the stored dtype): the grown matrices are bit-identical to expand() followed by save. A 7B model in bfloat16
 never becomes 28 GB of float32 in memory. The output folder is written at once (io.atomic_directory):
 - the shard(s) holding the embedding and head: rewritten with the grown tensors; their other tensors' bytes are
@@ -38,17 +38,19 @@ from transformers import PreTrainedTokenizerBase
 
 from .config import ExpandConfig
 from .errors import CorruptFileError, InvalidInputError, MissingResourceError
-from .expansion import expansion_report, make_config, require_added, require_finite_rows
+from .expansion import require_added, require_finite_rows
 from .handoff import lora_arguments, token_indices
 from .io import atomic_directory, check_output_dir, user_path, write_json
 from .memory import peak_memory
 from .loading import BUNDLED, plain_file_name, tokenizer_only, unreadable_as_corrupt
 from .planning import TokenPlan, plan_tokens
-from .resize import record_untied, record_vocab_size
-from .rows import NewRows, OldMatrices, check_pair, initializer_range, starting_rows
+from .rows.layout import record_untied, record_vocab_size
+from .rows.compute import NewRows, OldMatrices, initializer_range, starting_rows
+from .rows.policy import check_pair
+from .report import expansion_record, saved_record
 from .serving import finish_folder
 from .strategies import get_strategy
-from .surgery import GrownMatrices, grown_matrices, row_facts
+from .rows.grow import GrownMatrices, grown_matrices, row_figures
 from .tokenization import Skipped
 
 INDEX = "model.safetensors.index.json"
@@ -247,25 +249,27 @@ def expand_checkpoint(folder: str | os.PathLike, words: Iterable[str], output: s
     require_added([e.token for e in plan.entries], plan.skipped, allow_empty)
     with peak_memory() as peak:  # reading and growing the matrices; the shards are then streamed
         old, names = read_matrices(checkpoint, model_config)
-        rows = starting_rows(old, plan, config, check_pair(old.tied, config))
+        rows = starting_rows(old, plan, config, check_pair(old.tied, config, False))
         reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
         own_head = None if rows.tied else old.output.clone() if old.output is old.input else old.output
         grown = grown_matrices(old.input, own_head, None if rows.tied else old.bias, plan.tokens_before, rows,
                                config.pad_to_multiple_of, reused)
         tensors = grown_tensors(names, grown)
         require_finite_rows([grown.input, grown.output, grown.bias], plan.new_token_ids)
-    facts = row_facts(grown.plan, rows, len(reused), *parameter_counts(checkpoint, names, old.tied, rows.tied, tensors))
-    report = checkpoint_report(plan, facts, config, rows, names, time.perf_counter() - start) | {"model": str(folder)}
-    report["peak_memory"] = peak
+    figures = row_figures(grown.plan, rows, len(reused),
+                          *parameter_counts(checkpoint, names, old.tied, rows.tied, tensors))
+    lora = checkpoint_lora(plan, rows, names)
+    report = expansion_record(plan, figures, config, method="checkpoint", seconds=time.perf_counter() - start,
+                              lora=lora, peak=peak, source={"model": str(folder), "corpus": None})
     record_vocab_size(model_config, grown.plan.new_rows)
     if old.tied and not rows.tied:
         record_untied(model_config)
     with atomic_directory(output, force=force, inputs=[source]) as tmp:
-        report["files"] = write_weights(checkpoint, tmp, tensors, checkpoint.weight_map[names.input], link, progress)
+        files = write_weights(checkpoint, tmp, tensors, checkpoint.weight_map[names.input], link, progress)
         model_config.save_pretrained(tmp)
         plan.tokenizer.save_pretrained(tmp)
         head = grown.output if grown.output is not None else grown.input
-        report = finish_folder(tmp, report, (grown.input, head, grown.bias))
+        report = saved_record(report, finish_folder(tmp, report, (grown.input, head, grown.bias)), files)
         write_json(tmp / "expansion.json", report)
     return CheckpointExpansion(Path(output), plan.tokenizer, report)
 
@@ -276,7 +280,7 @@ def checkpoint_config(given: dict[str, Any], options: dict[str, Any]) -> ExpandC
     if "corpus" in options:
         raise InvalidInputError("expand_checkpoint reads no text: leave out corpus, or load the model and call "
                                 "expand(model, tokenizer, words, corpus=...) to learn rows from it")
-    config = make_config(**{k: v for k, v in given.items() if v is not None}, **options).resolved(False)
+    config = ExpandConfig(**{k: v for k, v in given.items() if v is not None}, **options).resolved(False)
     if not is_static(config):
         learners = [n for n in (config.input_init, config.output_init) if get_strategy(n).needs_corpus]
         raise InvalidInputError(f"{' and '.join(dict.fromkeys(learners))} learn rows from domain text by running the "
@@ -354,12 +358,11 @@ def module_names(names: EmbeddingNames) -> tuple[str, str]:
     return names.input.removesuffix(".weight"), names.head.removesuffix(".weight")
 
 
-def checkpoint_report(plan: TokenPlan, facts: dict[str, Any], config: ExpandConfig, rows: NewRows,
-                      names: EmbeddingNames, seconds: float) -> dict[str, Any]:
-    """expand()'s report (expansion.expansion_report) for a checkpoint expansion: method "checkpoint"."""
+def checkpoint_lora(plan: TokenPlan, rows: NewRows, names: EmbeddingNames) -> dict[str, Any] | None:
+    """The PEFT arguments for fine-tuning the new rows (handoff.lora_arguments), from the stored tensor names;
+    None when nothing was added."""
     indices = token_indices(plan.new_token_ids, None if rows.tied else module_names(names))
-    lora = lora_arguments(indices) if plan.entries else None
-    return expansion_report(plan, facts, config, "checkpoint", seconds, lora) | {"corpus": None}
+    return lora_arguments(indices) if plan.entries else None
 
 
 def write_weights(checkpoint: Checkpoint, tmp: Path, tensors: dict[str, Tensor], home: str, link: bool,

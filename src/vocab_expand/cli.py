@@ -298,7 +298,7 @@ def build_expand(parser: argparse.ArgumentParser):
         check_output_dir(args.output, args.force, inputs=input_paths(args))  # before any work
         words = read_words(args)
         config = expand_config(args)
-        from .rows import check_sides
+        from .rows.policy import check_sides
 
         check_sides(config.resolved(bool(args.corpus)))
         placement = device_options(args)
@@ -331,12 +331,12 @@ def expand_in_memory(args: argparse.Namespace, words: list[str], options: dict, 
     from .corpus import load_corpus
     from .expansion import expand
     from .loading import load_model
+    from .report import with_source
 
     corpus = load_corpus(args.corpus) if args.corpus else None
     model, tokenizer = load_model(args.model, **placement)
     result = expand(model, tokenizer, words, corpus=corpus, progress=True, **options | {"inplace": True})
-    result.report["model"] = args.model
-    result.report["corpus"] = args.corpus
+    result.report = with_source(result.report, model=args.model, corpus=args.corpus)
     print_summary(result)
     weights = model.get_input_embeddings().weight
     print(f"method: model (loaded in {str(weights.dtype).removeprefix('torch.')} on {weights.device} and expanded there)")

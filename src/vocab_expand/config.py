@@ -9,6 +9,10 @@ in strategies/distill/), kept per strategy name in `strategy_options`; options s
 strategy (the domain-text sample) are `SamplingOptions`. The historic flat names (`distill_max_windows`,
 `fit_reg`, `cov_scale`, ...) still work as keyword arguments and attributes: ALIASES routes each one.
 
+config is the bottom layer: it imports no other part of the package but errors.py and options.py. The strategy
+registry (strategies/base.py) hands it the lookup of a strategy's options class (`use_options_lookup`), which the
+typed options and the flat aliases need; `vocab_expand.ExpandConfig` loads the registry with it.
+
 Deliberately left out: anything about loading, diagnosis or training; those have their own options.
 """
 
@@ -18,7 +22,7 @@ import dataclasses
 import inspect
 import math
 from dataclasses import InitVar, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from .errors import InvalidInputError, InvalidTypeError
 from .options import check_choice, check_int, check_seed, doc, opt
@@ -26,17 +30,16 @@ from .options import check_choice, check_int, check_seed, doc, opt
 WordForms = Literal["mid", "initial", "both"]
 TiePolicy = Literal["auto", "output", "input", "untie"]
 TokenKind = Literal["vocab", "added"]
-# The forms each choice of `forms` adds (tokenization.py and mining.py read them from here).
-FORMS_OF: dict[str, tuple[str, ...]] = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
-FORM_CHOICES: tuple[str, ...] = tuple(FORMS_OF)
+# The choices of `forms` (families.FORMS_OF says which word forms each adds).
+FORM_CHOICES: tuple[str, ...] = get_args(WordForms)
 DEFAULT_FORMS = "mid"
 TIE_POLICIES: tuple[str, ...] = get_args(TiePolicy)
 TOKEN_KINDS: tuple[str, ...] = get_args(TokenKind)
 
 
-# Smallest fit_max_positions: four chunks of 256 tokens. With fewer, the sample can hold no anchor at all, or
+# Smallest sample_max_positions: four chunks of 256 tokens. With fewer, the sample can hold no anchor at all, or
 # none in the calibration slice (measured: 1, 10 and 100 failed on kjv, with an IndexError or "give more text").
-MIN_FIT_POSITIONS = 1024
+MIN_SAMPLE_POSITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         if self.max_positions is not None:  # below this, the sample may hold no text to fit or calibrate on
-            check_int("fit_max_positions", self.max_positions, minimum=MIN_FIT_POSITIONS)
+            check_int("sample_max_positions", self.max_positions, minimum=MIN_SAMPLE_POSITIONS)
         check_int("min_sampled_occurrences", self.min_sampled_occurrences, minimum=1)
         check_int("min_occurrences", self.min_occurrences, minimum=0)
         if not 0.0 < self.calibration_fraction < 1.0:
@@ -76,7 +79,7 @@ UNSET: Any = _Unset()
 
 # Flat historic names -> (where the option lives: "sampling" or a strategy name, field name).
 ALIASES: dict[str, tuple[str, str]] = {
-    "fit_max_positions": ("sampling", "max_positions"),
+    "sample_max_positions": ("sampling", "max_positions"),
     "calibration_fraction": ("sampling", "calibration_fraction"),
     "min_sampled_occurrences": ("sampling", "min_sampled_occurrences"),
     "min_occurrences": ("sampling", "min_occurrences"),
@@ -142,7 +145,7 @@ class ExpandConfig:
     strategy_options: dict[str, Any] = field(default_factory=dict, hash=False, metadata=doc("", cli=False))
     # Flat aliases of options that live in `sampling` or in a strategy's options (see ALIASES). Keyword-only
     # in spirit: pass them by name.
-    fit_max_positions: InitVar[Any] = UNSET
+    sample_max_positions: InitVar[Any] = UNSET
     calibration_fraction: InitVar[Any] = UNSET
     min_sampled_occurrences: InitVar[Any] = UNSET
     min_occurrences: InitVar[Any] = UNSET
@@ -197,9 +200,7 @@ class ExpandConfig:
         no options)."""
         if strategy in self.strategy_options:
             return self.strategy_options[strategy]
-        from .strategies import get_strategy
-
-        options_class = get_strategy(strategy).options_class
+        options_class = options_class_of(strategy)
         return options_class() if options_class is not None else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,9 +242,7 @@ for _name in ALIASES:  # read access to the flat names (the InitVar defaults abo
 
 def _check_options(name: str, options: object) -> None:
     """A strategy's options must be an instance of its options class (typed, validated by its __post_init__)."""
-    from .strategies import get_strategy
-
-    expected = get_strategy(name).options_class
+    expected = options_class_of(name)
     if expected is None or not isinstance(options, expected):
         wanted = expected.__name__ if expected else "no options"
         raise InvalidTypeError(f"strategy_options[{name!r}] must be a {wanted}, got {type(options).__name__}")
@@ -259,14 +258,28 @@ def _check_options(name: str, options: object) -> None:
 def alias_help(name: str) -> tuple[Any, str]:
     """(default, help text) of a flat alias, read from the field it routes to."""
     place, attribute = ALIASES[name]
-    if place == "sampling":
-        holder_class = SamplingOptions
-    else:
-        from .strategies import get_strategy
-
-        holder_class = get_strategy(place).options_class
+    holder_class = SamplingOptions if place == "sampling" else options_class_of(place)
     spec = {f.name: f for f in dataclasses.fields(holder_class)}[attribute]
     return spec.default, spec.metadata.get("help", "")
+
+
+# The options class of a strategy by name (None: it has none); set by the registry (strategies/base.py).
+_options_lookup: Callable[[str], type | None] | None = None
+
+
+def use_options_lookup(lookup: Callable[[str], type | None]) -> None:
+    """Called once by the strategy registry: ``lookup(name)`` gives the options class of a registered strategy
+    (None if it has none) and raises InvalidInputError for an unknown name."""
+    global _options_lookup
+    _options_lookup = lookup
+
+
+def options_class_of(strategy: str) -> type | None:
+    """The options class of the registered ``strategy`` (None if it has none)."""
+    if _options_lookup is None:
+        raise InvalidInputError(f"no strategy is registered yet, so {strategy!r} options cannot be read: import "
+                                "vocab_expand.strategies first (vocab_expand.ExpandConfig does)")
+    return _options_lookup(strategy)
 
 
 AUTO = "auto"

@@ -146,6 +146,15 @@ def as_corpus(corpus: "Corpus | str | os.PathLike | Sequence[str] | None") -> "C
     return corpus
 
 
+def train_documents(corpus: "Corpus | str | os.PathLike | Sequence[str] | None") -> list[str] | None:
+    """What a strategy learns from: the train split of a Corpus (a name or path is loaded first), or the given
+    documents; None without a corpus. The one normalization of a corpus argument on the way to the rows."""
+    found = as_corpus(corpus)
+    if found is None:
+        return None
+    return list(found.train) if isinstance(found, Corpus) else list(found)
+
+
 def require_corpus(corpus: "Corpus | str | os.PathLike") -> "Corpus":
     """A Corpus, loading a name or path; InvalidTypeError for anything else (diagnose and mine need both splits)."""
     found = as_corpus(corpus)

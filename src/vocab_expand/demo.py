@@ -5,7 +5,8 @@
    -20: the situation of GPT-2 small or Gemma-2b, where zero and random rows collapse generation).
 3. Expand with the defaults for a model with domain text (distill/fit, or joint on a tied model's shared row,
    learned from the train split) and save it.
-4. Write OUT/report.md (both diagnoses side by side, figures, generations), OUT/original/ and OUT/twin/
+4. Write OUT/report.md (both diagnoses side by side, figures, greedy generations from held-out text that stops
+   just before a mined word, so the saved model's new tokens show), OUT/original/ and OUT/twin/
    (full diagnosis reports) and OUT/model/ (a plain transformers folder).
 
 The rows are learned once: the twin's are the model's shifted as its head was (twin.shifted_rows, exact), and
@@ -21,12 +22,13 @@ from pathlib import Path
 
 from .corpus import load_corpus
 from .diagnostics import DEFAULT_STRATEGIES, diagnose
-from .expansion import apply_plan, make_config
+from .config import AUTO_WITH_TEXT, ExpandConfig
+from .expansion import apply_plan
+from .generation import PROMPTS, word_prompts
 from .io import atomic_directory, write_json
 from .loading import load_model
 from .mining import heldout_saving, mine
 from .report import demo_summary, table, write_into
-from .config import AUTO_WITH_TEXT
 from .twin import negative_logit_twin, shifted_rows
 
 # expand's default with domain text, as diagnose names it (distill/fit; joint on a tied model's shared row).
@@ -43,16 +45,19 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
     found = mine(tokenizer, corpus, top)
     words = [c.word for c in found]
     saving = heldout_saving(tokenizer, corpus, found)
-    original = diagnose(model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens, label=model_name)
+    # Held-out text that stops just before a mined word (does the model write the new token?), then a general one.
+    prompts = [*word_prompts(corpus.heldout, words), PROMPTS[0]]
+    original = diagnose(model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens, label=model_name,
+                        prompts=prompts)
     print(table(original))
     twin_model = negative_logit_twin(model, tokenizer, corpus)
     learned = {name: shifted_rows(rows, model, twin_model) for name, rows in original.rows.items()
                if rows.details}  # what was learned from text; the other strategies' rows cost nothing
     twin = diagnose(twin_model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens,
-                    label=f"{model_name} negative-logit twin", rows=learned)
+                    label=f"{model_name} negative-logit twin", rows=learned, prompts=prompts)
     del twin_model
     print(table(twin))
-    result = apply_plan(model, original.plan, make_config(inplace=True), original.rows[DEFAULT_PAIR], corpus=corpus)
+    result = apply_plan(model, original.plan, ExpandConfig(inplace=True), original.rows[DEFAULT_PAIR], corpus=corpus)
     with atomic_directory(output, force=force) as tmp:
         result.save(tmp / "model")
         write_json(tmp / "mined.json", {"candidates": [c.to_dict() for c in found], "heldout": saving})

@@ -20,7 +20,7 @@ Cost: one forward pass of the original model gives every strategy's figures 1-4 
 strategy). Bits per character needs a pass per distinct input rows, and only over documents whose
 tokenization changed; the others reuse the original pass. Memory: a pass's states are dropped once no later
 strategy reads the same input rows, and generations grow the model's matrices in place for the length of
-the generation and restore them (surgery.grown_for), never copying the model. The peak memory of the call is
+the generation and restore them (rows.grow.grown_for), never copying the model. The peak memory of the call is
 in the figures (memory.py).
 
 Left out: parsing strategy pairs (pairs.py), drawing the held-out sample (heldout.py), generating
@@ -42,18 +42,20 @@ from . import metrics
 from .corpus import Corpus, require_corpus
 from .errors import InvalidInputError
 from .options import check_seed
-from .expansion import make_config
+from .config import ExpandConfig
 from .memory import peak_memory
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
-from .rows import NewRows, check_strategies, new_rows
+from .rows.compute import NewRows, compute_rows
+from .rows.policy import check_strategies
 from .forward import PassStats, run_pass
 from .heads import head_logits, paired_logits
-from .resize import embedding_layout
+from .rows.layout import embedding_layout
 from .generation import PROMPTS, generations
 from .heldout import HeldoutSample, heldout_sample, weighted_heldout_sample
+from .strategies import Strategy
 from .pairs import StrategyPair, parse_strategies, ran_label
-from .surgery import grown_for
+from .rows.grow import grown_for
 from .tokenization import check_words, start_token_id
 from .verdicts import verdict
 
@@ -147,12 +149,13 @@ def diagnose(
     corpus = require_corpus(corpus)
     pairs = parse_strategies(strategies)
     word_list = check_words(words)
-    for pair in pairs:
-        check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **expand_options), corpus)
+    configs = {pair: ExpandConfig(input_init=pair.input, output_init=pair.output, seed=seed,
+                                 **expand_options).resolved(True) for pair in pairs}  # diagnose always has text
+    checked = {pair: check_strategies(model, config, True) for pair, config in configs.items()}  # before any work
     plan = addable_plan(tokenizer, word_list, expand_options)
     with peak_memory() as peak:
         sample = weighted_heldout_sample(corpus, tokenizer, plan, max_tokens, seed)
-        runner = _Runner(model, tokenizer, sample, seed, progress, expand_options, corpus, learned_cache)
+        runner = _Runner(model, tokenizer, sample, seed, progress, configs, checked, corpus, learned_cache)
         runner.rows_by_pair.update({StrategyPair.parse(name): given for name, given in (rows or {}).items()})
         runner.use_plan(plan)
         bits_per_character = bits_per_character and not runner.no_occurrences
@@ -180,30 +183,34 @@ def check_max_tokens(max_tokens: int) -> None:
         raise InvalidInputError(f"max_tokens must be an integer >= 1 (held-out tokens scored), got {max_tokens!r}")
 
 
-def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_options: dict[str, Any]) -> TokenPlan:
-    """The token plan; InvalidInputError when no word can be added (nothing to diagnose)."""
-    plan = plan_tokens(tokenizer, words, make_config(**expand_options))
-    plan.require_appended("diagnose")
+def addable_plan(tokenizer: PreTrainedTokenizerBase, words: list[str], expand_options: dict[str, Any],
+                 command: str = "diagnose") -> TokenPlan:
+    """The token plan of a ``command`` that measures the new tokens (diagnose, compare): appended ids only, and
+    InvalidInputError when no word can be added (nothing to measure)."""
+    plan = plan_tokens(tokenizer, words, ExpandConfig(**expand_options))
+    plan.require_appended(command)
     if not plan.entries:
         reasons = "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped)
-        raise InvalidInputError(f"none of the words can be added, so there is nothing to diagnose ({reasons})")
+        raise InvalidInputError(f"none of the words can be added, so there is nothing to {command} ({reasons})")
     return plan
 
 
 class _Runner:
     """Shared state of one diagnosis: the original pass, expanded tokenizations, passes per input rows."""
 
-    def __init__(self, model, tokenizer, sample: HeldoutSample, seed, progress, expand_options, corpus=None,
+    def __init__(self, model, tokenizer, sample: HeldoutSample, seed: int, progress: bool, configs: dict[StrategyPair, Any],
+                 checked: dict[StrategyPair, tuple[Strategy, Strategy]], corpus: Corpus,
                  learned_cache: dict | None = None):
         docs = sample.docs
         self.model, self.tokenizer, self.docs, self.corpus, self.sample = model, tokenizer, docs, corpus, sample
         self.rows_by_pair: dict[StrategyPair, NewRows] = {}
-        self.refine_cache: dict = {} if learned_cache is None else learned_cache
-        self.seed, self.progress, self.expand_options = seed, progress, expand_options
-        self.n_old = len(tokenizer)
+        self.learned_cache: dict = {} if learned_cache is None else learned_cache
+        # Each pair's resolved config and its checked (input, output) strategies, made once by diagnose.
+        self.configs, self.checked, self.seed, self.progress = configs, checked, seed, progress
+        self.tokens_before = len(tokenizer)
         self.start_id = start_token_id(tokenizer)
         self.original_ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
-        self.original = run_pass(model, self.original_ids, self.n_old, self.start_id, progress=progress,
+        self.original = run_pass(model, self.original_ids, self.tokens_before, self.start_id, progress=progress,
                                  desc="original model")
         self.characters = sum(len(d) for d in docs)
         # Weighted: characters and negative log-likelihood both estimate the whole split's (a ratio estimator).
@@ -214,21 +221,19 @@ class _Runner:
         self.expanded_ids: list[list[int]] | None = None
         self.input_passes: dict[str, PassStats] = {}
 
-    def config(self, pair: StrategyPair):
-        return make_config(input_init=pair.input, output_init=pair.output, seed=self.seed, **self.expand_options)
-
     def rows(self, pair: StrategyPair) -> NewRows:
         """The pair's new rows, computed once (fit and distill learn from the corpus's train split)."""
         if pair not in self.rows_by_pair:
-            self.rows_by_pair[pair] = new_rows(self.model, self.plan, self.config(pair), self.corpus,
-                                               cache=self.refine_cache, progress=self.progress)
+            self.rows_by_pair[pair] = compute_rows(self.model, self.plan, self.configs[pair], self.checked[pair],
+                                                   self.corpus.train, learned_cache=self.learned_cache,
+                                                   progress=self.progress)
         return self.rows_by_pair[pair]
 
     @contextmanager
     def expanded(self, pair: StrategyPair) -> Iterator[nn.Module]:
         """The model grown with the pair's rows for the length of a ``with`` block, then restored exactly."""
         reused = [i for i in self.plan.new_token_ids if i < self.plan.tokens_before]
-        with grown_for(self.model, self.plan.tokens_before, self.rows(pair), self.config(pair), reused_ids=reused):
+        with grown_for(self.model, self.plan.tokens_before, self.rows(pair), self.configs[pair], reused_ids=reused):
             yield self.model
 
     def generations_after(self, pair: StrategyPair, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
@@ -239,7 +244,7 @@ class _Runner:
 
     def input_key(self, pair: StrategyPair) -> str:
         """The input strategy the pair's rows use (rows.input_strategy), told without computing them."""
-        return check_strategies(self.model, self.config(pair), self.corpus)[0].name
+        return self.checked[pair][0].name
 
     def drop_passes(self, keep_for: list[StrategyPair]) -> None:
         """Forget the passes [P, d] that none of the pairs ``keep_for`` reads (input_pass computes one again
@@ -255,7 +260,7 @@ class _Runner:
         self.skipped = [s._asdict() for s in probe.skipped]
         self.expanded_ids = probe.tokenizer(self.docs, add_special_tokens=False)["input_ids"]
         self.changed = [i for i, (a, b) in enumerate(zip(self.original_ids, self.expanded_ids)) if a != b]
-        present = {t for ids in self.expanded_ids for t in ids if t >= self.n_old}
+        present = {t for ids in self.expanded_ids for t in ids if t >= self.tokens_before}
         self.absent = [e.token for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
         self.absent_words = [e.word for e, i in zip(probe.entries, probe.new_token_ids) if i not in present]
         # Bits per character is the one figure that needs occurrences; KL, moved probability and risk do not.
@@ -269,7 +274,7 @@ class _Runner:
         log_z = self.original.log_z
         zero_kl = metrics.predicted_kl_zero_rows(log_z, self.k)
         return {
-            "k": self.k, "n": self.n_old, "hewitt_bound_nats": hewitt_bound(self.k, self.n_old),
+            "k": self.k, "n": self.tokens_before, "hewitt_bound_nats": hewitt_bound(self.k, self.tokens_before),
             "documents": len(self.docs), "characters": self.characters,
             "tokens_before": sum(map(len, self.original_ids)), "tokens_after": sum(map(len, self.expanded_ids)),
             "clean_prefixes": int(self.clean.sum()), "skipped_words": self.skipped, "absent_tokens": self.absent,
@@ -293,7 +298,7 @@ class _Runner:
         key = rows.input_strategy
         if key not in self.input_passes:
             changed = [self.expanded_ids[i] for i in self.changed]
-            fresh = run_pass(self.model, changed, self.n_old, self.start_id, progress=self.progress,
+            fresh = run_pass(self.model, changed, self.tokens_before, self.start_id, progress=self.progress,
                              desc=f"input rows: {key}", input_rows=rows.input)
             fresh.doc = torch.tensor(self.changed)[fresh.doc]
             keep = ~torch.isin(self.original.doc, torch.tensor(self.changed))
@@ -306,7 +311,7 @@ class _Runner:
         new_logits = head_logits(self.model, clean.hidden, rows.head, rows.bias)
         kl = metrics.added_token_kl(clean.log_z, new_logits)
         moved = metrics.moved_probability(clean.log_z, new_logits)
-        bound = hewitt_bound(self.k, self.n_old)
+        bound = hewitt_bound(self.k, self.tokens_before)
         row = {
             "input_strategy": rows.input_strategy,
             "output_strategy": rows.output_strategy,
@@ -328,9 +333,9 @@ class _Runner:
         after = self.input_pass(pair)
         all_new = head_logits(self.model, after.hidden, rows, bias)
         log_z_new = torch.logaddexp(after.log_z, torch.logsumexp(all_new, dim=-1))
-        is_new = after.target >= self.n_old
+        is_new = after.target >= self.tokens_before
         target_logit = after.target_logit.clone()
-        target_logit[is_new] = all_new[is_new].gather(1, (after.target[is_new] - self.n_old)[:, None]).squeeze(1)
+        target_logit[is_new] = all_new[is_new].gather(1, (after.target[is_new] - self.tokens_before)[:, None]).squeeze(1)
         weight = self.sample.weights[after.doc]
         nll = ((log_z_new - target_logit).double() * weight).sum().item()
         bpc_after = nll / math.log(2) / self.weighted_characters
@@ -339,7 +344,7 @@ class _Runner:
             "bpc_change_percent": 100.0 * (bpc_after / self.bpc_before - 1.0),
             "new_token_probability_on_new_targets":
                 weighted_mean(torch.exp(target_logit[is_new] - log_z_new[is_new]), weight[is_new]),
-            **self.adoption_figures(after.hidden[is_new], after.target[is_new] - self.n_old, target_logit[is_new]),
+            **self.adoption_figures(after.hidden[is_new], after.target[is_new] - self.tokens_before, target_logit[is_new]),
         }
 
     def adoption_figures(self, hidden: Tensor, word: Tensor, new_logit: Tensor) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """`expand`: add words to a model and its tokenizer in one call, and report what was done.
 
-Pipeline: plan the tokens (planning.py), compute the rows (rows.py, with learning/ for data-driven
-strategies), grow the matrices and update the config (surgery.py), and report (with the peak memory of the
-call, memory.py). The caller's objects are untouched unless inplace=True.
+Pipeline: plan the tokens (planning.py), compute the rows (rows/compute.py, with learning/ for data-driven
+strategies), grow the matrices and update the config (rows/grow.py), and report (report.expansion_record, with
+the peak memory of the call, memory.py). The caller's objects are untouched unless inplace=True.
+
+`expand` and `apply_plan` are the public edge: each resolves its inputs once (the corpus to its train documents,
+"auto" to strategies, the pair checked) and hands them to `grow_model`, which takes them as they are.
 
 Left out: each step's work (the modules above); loading and saving (loading.py, io.py); measuring the result
 (diagnostics.py).
@@ -21,24 +24,27 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from .config import ExpandConfig
-from .corpus import as_corpus
+from .corpus import train_documents
 from .errors import NothingAddedError, NotFiniteError
 from .io import atomic_directory, write_json
 from .handoff import recommended_lora
 from .memory import peak_memory
 from .metrics import hewitt_bound
 from .planning import TokenPlan, plan_tokens
-from .resize import embedding_layout
-from .rows import NewRows, check_strategies, new_rows
+from .report import expansion_record, saved_record
+from .rows.compute import NewRows, compute_rows, new_rows
+from .rows.grow import grow_embeddings
+from .rows.layout import embedding_layout
+from .rows.policy import check_strategies
 from .serving import finish_folder, model_matrices
-from .surgery import grow_embeddings
 from .tokenization import Skipped
 
 if TYPE_CHECKING:
     from .corpus import Corpus
+    from .strategies import Strategy
 
-__all__ = ["Expansion", "apply_plan", "expand", "make_config", "hewitt_bound", "plan_tokens", "TokenPlan", "NewRows",
-           "new_rows", "grow_embeddings", "check_strategies"]
+__all__ = ["Expansion", "apply_plan", "expand", "hewitt_bound", "plan_tokens", "TokenPlan", "NewRows", "new_rows",
+           "grow_embeddings", "check_strategies"]
 
 
 @dataclass
@@ -76,7 +82,7 @@ class Expansion:
         with atomic_directory(path, force=force, inputs=inputs) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            self.report = finish_folder(tmp, self.report, model_matrices(self.model))  # adds "serving"
+            self.report = saved_record(self.report, finish_folder(tmp, self.report, model_matrices(self.model)))
             write_json(tmp / "expansion.json", self.report)
 
 
@@ -84,17 +90,25 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
                corpus: "Corpus | Sequence[str] | None" = None, progress: bool = False) -> Expansion:
     """Grow the model's matrices for a token plan (on a copy unless config.inplace). ``rows`` reuses rows
     computed before (new_rows); otherwise they are computed here, from ``corpus`` for fit and distill."""
+    documents = train_documents(corpus)  # a path or alias is loaded, never read as one-character documents
+    config = config.resolved(documents is not None)
+    pair = check_strategies(model, config, documents is not None) if rows is None else None
+    return grow_model(model, plan, config, pair, documents, rows, progress=progress)
+
+
+def grow_model(model: nn.Module, plan: TokenPlan, config: ExpandConfig, pair: "tuple[Strategy, Strategy] | None",
+               documents: Sequence[str] | None, rows: "NewRows | None" = None, *, progress: bool = False) -> Expansion:
+    """apply_plan on resolved inputs: ``config`` resolved, ``pair`` from check_strategies (None when ``rows``
+    are given), ``documents`` the train documents (None without text)."""
     start = time.perf_counter()
-    corpus = as_corpus(corpus)  # a path or alias is loaded, never read as one-character documents
-    config = config.resolved(corpus is not None)
     with peak_memory() as peak:
-        rows = rows if rows is not None else new_rows(model, plan, config, corpus, progress=progress)
+        rows = rows if rows is not None else compute_rows(model, plan, config, pair, documents, progress=progress)
         new_model = model if config.inplace else copy.deepcopy(model)
         reused = [i for i in plan.new_token_ids if i < plan.tokens_before]
-        facts = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
+        figures = grow_embeddings(new_model, plan.tokens_before, rows, config, reused_ids=reused)
     lora = recommended_lora(new_model, plan.new_token_ids) if plan.entries else None
-    report = expansion_report(plan, facts, config, "model", time.perf_counter() - start, lora, rows.details)
-    report["peak_memory"] = peak
+    record = expansion_record(plan, figures, config, method="model", seconds=time.perf_counter() - start, lora=lora,
+                              learned=rows.details, peak=peak)
     return Expansion(
         model=new_model,
         tokenizer=plan.tokenizer,
@@ -103,29 +117,8 @@ def apply_plan(model: nn.Module, plan: TokenPlan, config: ExpandConfig, rows: "N
         words=[e.word for e in plan.entries],
         pieces=plan.pieces,
         skipped=list(plan.skipped),
-        report=report,
+        report=record,
     )
-
-
-def expansion_report(plan: TokenPlan, facts: dict[str, Any], config: ExpandConfig, method: str, seconds: float,
-                     peft_lora: dict[str, Any] | None, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The report saved as expansion.json: the plan's tokens and skips, the row ``facts`` (surgery.row_facts),
-    how it was done (``method``: "model" in memory, "checkpoint" on the files), timings, config, fine-tuning."""
-    return {
-        "method": method,
-        "family": plan.family,
-        "words_given": plan.words_given,
-        "tokens_added": len(plan.entries),
-        "words_skipped": sum(1 for s in plan.skipped if not s.form),
-        "skipped": [s._asdict() for s in plan.skipped],
-        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
-                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
-        **facts,
-        **({"data_driven": details} if details else {}),
-        "timings": {"tokenizer_s": plan.seconds, "embeddings_s": seconds},
-        "config": config.to_dict(),
-        "fine_tuning": {"new_token_ids": list(plan.new_token_ids), "peft_lora": peft_lora},
-    }
 
 
 def require_finite_rows(matrices: Sequence[Tensor | None], ids: Sequence[int]) -> None:
@@ -164,18 +157,12 @@ def expand(
     Input rows come from ``input_init`` and output rows from ``output_init`` (names in STRATEGIES; the
     default "auto" is distill/fit when ``corpus`` is given and subword/mean when not). ``corpus`` (a Corpus,
     whose train split is used, a path or alias such as "kjv", or documents) is the domain text that `fit` and `distill` learn from. Other ExpandConfig fields (forms, tie_policy,
-    cov_scale, fit_max_positions, inplace, ...) are accepted as keyword options. Returns an
+    cov_scale, sample_max_positions, inplace, ...) are accepted as keyword options. Returns an
     :class:`Expansion`; words that cannot be added are reported in ``skipped``, never silently dropped.
     """
     given = dict(input_init=input_init, output_init=output_init, seed=seed, pad_to_multiple_of=pad_to_multiple_of)
-    corpus = as_corpus(corpus)  # a path or alias is loaded, never read as one-character documents
-    config = make_config(**{k: v for k, v in given.items() if v is not None}, **options).resolved(corpus is not None)
-    check_strategies(model, config, corpus)  # bad choices fail before any work
-    lexicon = getattr(corpus, "train", corpus) or ()  # portable mode picks merge chains that avoid its words
-    return apply_plan(model, plan_tokens(tokenizer, words, config, lexicon), config, corpus=corpus, progress=progress)
-
-
-def make_config(**given: Any) -> ExpandConfig:
-    """An ExpandConfig from keyword arguments (flat aliases included). None is a value like any other: options
-    such as distill_max_windows=None ("no cap") mean it; leave an option out to get its default."""
-    return ExpandConfig(**given)
+    documents = train_documents(corpus)  # a path or alias is loaded, never read as one-character documents
+    config = ExpandConfig(**{k: v for k, v in given.items() if v is not None}, **options).resolved(documents is not None)
+    pair = check_strategies(model, config, documents is not None)  # bad choices fail before any work
+    plan = plan_tokens(tokenizer, words, config, documents or ())  # portable mode picks chains that avoid its words
+    return grow_model(model, plan, config, pair, documents, progress=progress)

@@ -33,10 +33,11 @@ from .corpus import Corpus, load_corpus
 from .heldout import heldout_sample
 from .pairs import StrategyPair, parse_strategies
 from .errors import InvalidInputError, OutputExistsError
-from .expansion import apply_plan, make_config
-from .planning import plan_tokens
+from .config import ExpandConfig
+from .expansion import apply_plan, grow_model
 from .io import check_existing_kind, check_no_overlap, check_writable, user_path, write_json
-from .rows import check_strategies
+from .diagnostics import addable_plan
+from .rows.policy import check_strategies
 from .tokenization import check_words, start_token_id
 from .report import write_comparison
 from .training import RunFolder, TrainConfig, TrainingData, data_order, pack, train_run
@@ -117,13 +118,11 @@ def compare(
         check_runs_folder(Path(output), [m for m in (model, corpus) if isinstance(m, (str, os.PathLike))])
     label, model, tokenizer, corpus = _inputs(model, tokenizer, corpus, twin, load_options or {})
     options = dict(expand_options or {})
-    for pair in pairs:  # bad choices fail before RUNS/ is touched
-        check_strategies(model, make_config(input_init=pair.input, output_init=pair.output, **options), corpus)
+    configs = {pair: ExpandConfig(input_init=pair.input, output_init=pair.output, seed=config.seed,
+                                  **options).resolved(True) for pair in pairs}  # compare always has text
+    checked = {pair: check_strategies(model, c, True) for pair, c in configs.items()}  # before RUNS/ is touched
     check_lora_targets(model, config)
-    plan = plan_tokens(tokenizer, word_list, make_config(**options))
-    plan.require_appended("compare")
-    if not plan.entries:
-        raise InvalidInputError("none of the words can be added: " + "; ".join(f"{s.word!r}: {s.reason}" for s in plan.skipped))
+    plan = addable_plan(tokenizer, word_list, options, "compare")
     data = training_data(plan, tokenizer, corpus, config)
     data_order(data.rows.shape[0], config)  # text too short for the steps: refused before RUNS/ is touched
     # cpu=True without a GPU: under a multi-process launcher Accelerate then runs gloo across CPU processes.
@@ -133,8 +132,8 @@ def compare(
     with _runs_folder(output, request, force, accelerator) as runs:
         status = {}
         for pair in pairs:
-            status[pair.name] = _run_strategy(model, plan, pair, corpus, data, config, options,
-                                              RunFolder(runs / folder_name(pair)), accelerator, progress)
+            status[pair.name] = _run_strategy(model, plan, pair, (configs[pair], checked[pair]), corpus, data, config,
+                                              options, RunFolder(runs / folder_name(pair)), accelerator, progress)
         comparison = collect(runs, pairs, label, status, request)
         comparison.processes = accelerator.num_processes
         if accelerator.is_main_process:
@@ -254,19 +253,20 @@ def training_data(plan, tokenizer, corpus: Corpus, config: TrainConfig) -> Train
                         first_pieces=[p[0] for p in plan.pieces])
 
 
-def _run_strategy(model, plan, pair, corpus, data, config, options, folder: RunFolder, accelerator, progress) -> str:
-    """Expand and fine-tune one strategy, resuming from its checkpoint; skipped when already finished."""
+def _run_strategy(model, plan, pair, resolved, corpus, data, config, options, folder: RunFolder, accelerator,
+                  progress) -> str:
+    """Expand and fine-tune one strategy, resuming from its checkpoint; skipped when already finished.
+    ``resolved``: the pair's resolved expansion config and its checked strategies."""
     if folder.finished():
         return "finished"
-    expansion_config = make_config(input_init=pair.input, output_init=pair.output, seed=config.seed, **options)
     if folder.step():
         # The checkpoint restores every weight: rebuild only the shapes (and tie) cheaply.
         tied = json.loads((folder.path / "config.json").read_text())["expansion"]["tied"]
-        shapes = make_config(input_init="zeros", output_init="zeros" if tied else "mean",
+        shapes = ExpandConfig(input_init="zeros", output_init="zeros" if tied else "mean",
                              tie_policy="output" if tied else "untie", **_without_strategies(options))
         expansion = apply_plan(model, plan, shapes)
     else:
-        expansion = apply_plan(model, plan, expansion_config, corpus=corpus, progress=progress)
+        expansion = grow_model(model, plan, *resolved, corpus.train, progress=progress)
         if accelerator.is_main_process:
             folder.path.mkdir(parents=True, exist_ok=True)
             write_json(folder.path / "config.json", {"strategy": pair.name, "train": config.to_dict(),

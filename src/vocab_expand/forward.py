@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .errors import InvalidInputError, InvalidTypeError
 from .heads import embed_with_rows
-from .resize import embedding_layout
+from .rows.layout import embedding_layout
 
 # Logits are [batch tokens x vocabulary] floats: 2^26 of them is 256 MB (and a float32 copy of a half-precision
 # model's, and logsumexp's temporaries), so big vocabularies get smaller batches.
@@ -85,7 +85,7 @@ def batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
 def run_pass(
     model: nn.Module,
     sequences: list[list[int]],
-    n_old: int,
+    tokens_before: int,
     start_id: int | None,
     *,
     progress: bool = False,
@@ -95,12 +95,12 @@ def run_pass(
     """Score every token of every sequence (each prefixed with ``start_id``) and keep per-position stats.
 
     With ``start_id=None`` the sequences are taken as they are: the first token is context only.
-    ``input_rows`` [k, d]: input rows of ids n_old.. for a model that does not have them (fit, distill).
+    ``input_rows`` [k, d]: input rows of ids tokens_before.. for a model that does not have them (fit, distill).
     """
     if start_id is None:
         firsts = {s[0] for s in sequences if s}
         if len(firsts) > 1 or not all(len(s) > 1 for s in sequences):
-            return PassStats.concat([run_pass(model, [s[1:]], n_old, s[0], desc=desc, input_rows=input_rows)
+            return PassStats.concat([run_pass(model, [s[1:]], tokens_before, s[0], desc=desc, input_rows=input_rows)
                                      for s in sequences if len(s) > 1])
         start_id = firsts.pop()
         sequences = [s[1:] for s in sequences]
@@ -115,7 +115,7 @@ def run_pass(
     try:
         groups = batches(lengths, max_tokens)
         for group in tqdm(groups, desc=desc, unit="batch", disable=not progress, mininterval=1.0):
-            parts.append(_score_batch(model, sequences, group, n_old, start_id, captured, input_rows))
+            parts.append(_score_batch(model, sequences, group, tokens_before, start_id, captured, input_rows))
     finally:
         hook.remove()
     if not parts:
@@ -123,7 +123,7 @@ def run_pass(
     return PassStats.concat(parts)
 
 
-def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=None) -> PassStats:
+def _score_batch(model, sequences, group, tokens_before, start_id, captured, input_rows=None) -> PassStats:
     """One batch on the device of the model's input embedding (Accelerate's hooks move it on from there); the
     kept statistics come back to the CPU in float32, reduced from the logits in float32 whatever the model's
     dtype (a bf16 log Z is off by up to 0.07 nats)."""
@@ -138,16 +138,16 @@ def _score_batch(model, sequences, group, n_old, start_id, captured, input_rows=
     if input_rows is None:
         logits = model(input_ids=inputs, attention_mask=attention).logits
     else:
-        embeds = embed_with_rows(model, inputs, input_rows, n_old)
+        embeds = embed_with_rows(model, inputs, input_rows, tokens_before)
         logits = model(inputs_embeds=embeds, attention_mask=attention).logits
     valid = mask[:, 1:].bool()
     target = ids[:, 1:]
     on_device = valid.to(logits.device)
-    old = logits[..., :n_old]  # a view: a float32 model's reductions never copy the [tokens x vocabulary] logits
+    old = logits[..., :tokens_before]  # a view: a float32 model's reductions never copy the [tokens x vocabulary] logits
     if old.dtype != torch.float32:  # half precision: reduce in float32 (a bf16 log Z is off by up to 0.07 nats)
         old = old.float()
-    is_old = target[valid] < n_old
-    clamped = target.clamp_max(n_old - 1).to(old.device).unsqueeze(2)
+    is_old = target[valid] < tokens_before
+    clamped = target.clamp_max(tokens_before - 1).to(old.device).unsqueeze(2)
     target_logit = old.gather(2, clamped).squeeze(2)[on_device].cpu()
     return PassStats(
         hidden=captured[-1][valid.to(captured[-1].device)].to(torch.float32).cpu(),

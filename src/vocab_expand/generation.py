@@ -1,16 +1,39 @@
-"""Greedy and seeded sampled generations before and after expansion, with the share of new tokens generated
-(the collapse of zero or random rows shows here first).
+"""Greedy and seeded sampled generations before and after expansion, with the new tokens generated and their
+share (the collapse of zero or random rows shows here first); prompts that stop just before a new word show
+whether the model writes it.
 
 Left out: choosing the model (diagnostics.py); writing them (report.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import torch
 
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
+
+
+def word_prompts(documents: Sequence[str], words: Sequence[str], count: int = 3, context_chars: int = 80) -> list[str]:
+    """Prompts that stop just before a new word, so a model that adopted the word writes its new token next: for
+    each of the first ``count`` words found in ``documents`` (in the order given), the text before its first
+    occurrence as a whole word after at least two others, cut to its last ``context_chars`` characters at a
+    space. E.g. "And Jehoshaphat the king" and ["Jehoshaphat"] give nothing (one word before it); "Then came
+    Jehoshaphat" gives "Then came"."""
+    prompts: list[str] = []
+    for word in words:
+        pattern = re.compile(rf"(?<=\S) {re.escape(word)}(?![\w])")
+        for document in documents:
+            found = pattern.search(document)
+            before = document[: found.start()] if found else ""
+            if len(before.split()) >= 2:
+                cut = before.find(" ", len(before) - context_chars) if len(before) > context_chars else -1
+                prompts.append(before[cut + 1:] if cut >= 0 else before)
+                break
+        if len(prompts) == count:
+            break
+    return prompts
 
 
 @torch.inference_mode()
@@ -34,6 +57,7 @@ def generations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed:
             row[mode] = tokenizer.decode(continuation, skip_special_tokens=True)
             if new_ids is not None:
                 row[f"{mode}_new_token_share"] = sum(t in new_ids for t in continuation) / max(1, len(continuation))
+                row[f"{mode}_new_tokens"] = [tokenizer.decode([t]) for t in continuation if t in new_ids]
     return out
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .resize import embedding_layout
+from .rows.layout import embedding_layout
 
 if TYPE_CHECKING:
     from peft import LoraConfig

@@ -54,12 +54,12 @@ def embedding_scale(module: nn.Embedding) -> float:
     return scale
 
 
-def embed_with_rows(model: nn.Module, ids: Tensor, rows: Tensor, n_old: int, scale: float | None = None) -> Tensor:
-    """Input embeddings [B, T, d] of ``ids`` for a model without the new rows: ids >= n_old take ``rows``
+def embed_with_rows(model: nn.Module, ids: Tensor, rows: Tensor, tokens_before: int, scale: float | None = None) -> Tensor:
+    """Input embeddings [B, T, d] of ``ids`` for a model without the new rows: ids >= tokens_before take ``rows``
     [k, d] (gradients flow to ``rows`` only), older ids the model's own rows."""
     module = model.get_input_embeddings()
     scale = embedding_scale(module) if scale is None else scale
-    is_new = ids >= n_old
+    is_new = ids >= tokens_before
     old = module(torch.where(is_new, torch.zeros_like(ids), ids))
-    new = rows.to(old.device)[(ids - n_old).clamp_min(0).to(old.device)] * scale
+    new = rows.to(old.device)[(ids - tokens_before).clamp_min(0).to(old.device)] * scale
     return torch.where(is_new.unsqueeze(-1), new.to(old.dtype), old)

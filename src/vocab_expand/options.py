@@ -8,7 +8,6 @@ Left out: the options themselves (config.py, each strategy's module).
 
 from __future__ import annotations
 
-import math
 from dataclasses import field
 from typing import Any
 
@@ -47,14 +46,3 @@ def check_seed(seed: object) -> None:
         raise InvalidTypeError(f"seed must be an integer, got {seed!r}")
     if not 0 <= seed <= MAX_SEED:
         raise InvalidInputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed}")
-
-
-def check_finite(name: str, value: object, minimum: float | None = None, maximum: float | None = None) -> None:
-    """InvalidInputError unless ``value`` is a finite number within [minimum, maximum] (each bound optional).
-    Example: check_finite("cov_scale", float("inf")) raises; check_finite("reg", 1e-3, 0, 1e6) passes."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = f"from {minimum:g} to {maximum:g}" if minimum is not None and maximum is not None else (
-            f">= {minimum:g}" if minimum is not None else f"<= {maximum:g}")
-        raise InvalidInputError(f"{name} must be {bounds}, got {value!r}")

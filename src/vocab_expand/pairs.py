@@ -1,6 +1,6 @@
 """Strategy pairs: "subword/mean" (input/output) or one name for both sides, parsed against the registry.
 
-Left out: what a pair does (strategies/, rows.py).
+Left out: what a pair does (strategies/, rows/).
 """
 
 from __future__ import annotations

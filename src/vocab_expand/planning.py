@@ -2,7 +2,7 @@
 the extended tokenizer. The strategy-independent half of an expansion: diagnose and compare plan once and
 try many strategies on the same plan.
 
-Left out: the families' rules (families/), the tokenizer surgery (tokenization.py), rows (rows.py).
+Left out: the families' rules (families/), the tokenizer surgery (tokenization.py), rows (rows/).
 """
 
 from __future__ import annotations

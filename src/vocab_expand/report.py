@@ -1,4 +1,5 @@
-"""The one writer of every result: a diagnosis (report.md with tables and one verdict per strategy,
+"""The one writer of every result: an expansion's record (expansion.json: `expansion_record`, then
+`saved_record` when a folder is saved), a diagnosis (report.md with tables and one verdict per strategy,
 diagnosis.json with every figure, PNG figures: KL histograms on a log axis, the log Z histogram, bits per
 character), a comparison (comparison.json, report.md, adaptation curves) and the main job's summary.
 
@@ -7,10 +8,11 @@ Left out: computing the figures (diagnostics.py, experiments.py, demo.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,8 +23,49 @@ from .pairs import ran_label
 HISTOGRAM_BINS = 60
 
 if TYPE_CHECKING:
+    from .config import ExpandConfig
     from .diagnostics import Diagnosis
     from .experiments import Comparison
+    from .planning import TokenPlan
+    from .rows.grow import RowFigures
+
+
+def expansion_record(plan: "TokenPlan", rows: "RowFigures", config: "ExpandConfig", *, method: str, seconds: float,
+                     lora: dict[str, Any] | None, peak: dict[str, Any], learned: dict[str, Any] | None = None,
+                     source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """expansion.json, from figures computed elsewhere: the plan's tokens and skips, the ``rows`` figures
+    (rows/grow.py), what the data-driven strategies ``learned`` (their reports and the sample's figures), how it
+    was done (``method``: "model" in memory, "checkpoint" on the files) and in how many ``seconds``, the config,
+    the PEFT ``lora`` arguments, the ``peak`` memory and the ``source`` (see with_source)."""
+    record = {
+        "method": method,
+        "family": plan.family,
+        "words_given": plan.words_given,
+        "tokens_added": len(plan.entries),
+        "words_skipped": sum(1 for s in plan.skipped if not s.form),
+        "skipped": [s._asdict() for s in plan.skipped],
+        "new_tokens": [{"id": i, "token": e.token, "text": e.text, "word": e.word, "form": e.form,
+                        "pieces": list(e.pieces)} for e, i in zip(plan.entries, plan.new_token_ids)],
+        **dataclasses.asdict(rows),
+        **({"data_driven": learned} if learned else {}),
+        "timings": {"tokenizer_s": plan.seconds, "embeddings_s": seconds},
+        "config": config.to_dict(),
+        "fine_tuning": {"new_token_ids": list(plan.new_token_ids), "peft_lora": lora},
+        "peak_memory": peak,
+    }
+    return with_source(record, **source) if source else record
+
+
+def with_source(record: dict[str, Any], *, model: str, corpus: str | None) -> dict[str, Any]:
+    """The record with what it was made from, as the user named it: the ``model`` and the ``corpus`` (None
+    without text)."""
+    return record | {"model": model, "corpus": corpus}
+
+
+def saved_record(record: dict[str, Any], serving: dict[str, Any], files: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record as a save writes it: the ``files`` written (a checkpoint expansion) and the ``serving`` checks
+    of the saved folder (serving.finish_folder). A record saved again keeps its keys' order."""
+    return record | ({"files": files} if files is not None else {}) | {"serving": serving}
 
 
 def write_report(diagnosis: "Diagnosis", path: str | os.PathLike, *, force: bool = False, extra_md: str = "") -> None:
@@ -232,6 +275,24 @@ def comparison_markdown(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
+def saved_generations(original: "Diagnosis", report: dict) -> list[str]:
+    """The demo's section on the saved model's greedy generations: held-out text that stops just before a mined
+    word, continued by the original model and by the saved rows, the new tokens written named."""
+    saved = next((n for n, row in original.strategies.items() if row.get("input_strategy") == report["input_strategy"]
+                  and row.get("output_strategy") == report["output_strategy"]), None)
+    if saved is None:
+        return []
+    row = original.strategies[saved]
+    lines = ["## Greedy generations of the saved model", "",
+             f"Held-out text that stops just before a mined word, continued greedily by the original model and by "
+             f"the saved rows ({ran_label(saved, row)}); the new tokens the saved model wrote are named.", ""]
+    for before, after in list(zip(original.figures["generations_before"], row["generations"]))[:-1]:
+        written = ", ".join(repr(t) for t in after.get("greedy_new_tokens", [])) or "none"
+        lines += [f"**…{before['prompt']}**", "", f"- original: {before['greedy']!r}",
+                  f"- saved: {after['greedy']!r} (new tokens: {written})", ""]
+    return lines
+
+
 def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, report: dict, original: "Diagnosis",
                  twin: "Diagnosis") -> str:
     """report.md of the main job: both diagnoses side by side, verdicts, figures and the twin's generations."""
@@ -260,9 +321,10 @@ def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, r
     lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
               "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
               "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
-              "![twin bits per character](twin/bits_per_character.png)", "", "## Greedy generations on the twin", ""]
-    first = twin.figures["generations_before"][0]
+              "![twin bits per character](twin/bits_per_character.png)", "", *saved_generations(original, report),
+              "## Greedy generations on the twin", ""]
+    first = twin.figures["generations_before"][-1]  # the general prompt (the others stop before a mined word)
     lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
-    lines += [f"- {ran_label(name, row)}: {row['generations'][0]['greedy']!r}" for name, row in twin.strategies.items()]
+    lines += [f"- {ran_label(name, row)}: {row['generations'][-1]['greedy']!r}" for name, row in twin.strategies.items()]
     lines += ["", "Full reports: [original/report.md](original/report.md), [twin/report.md](twin/report.md)."]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ Two parts, both run by every save (`Expansion.save`, `expand_checkpoint`, `save_
 2. The matrices, as vLLM reads them: it sizes the logits by the config's (text config's) `vocab_size`, samples
    over every row (rows past the tokenizer too), and takes max(largest token id + 1, vocab_size) as the
    vocabulary. So: vocab_size equals the rows of the input matrix and the head; rows past the tokenizer
-   (padding) have the mean output row (resize.py writes it: by the Hewitt bound each takes at most 1/n of the
+   (padding) have the mean output row (rows/layout.py writes it: by the Hewitt bound each takes at most 1/n of the
    probability) or a bias <= -1e4, never zeros or trained rows, which can take the mode on models whose logits
    are all negative; and every new id is a row and inside that vocabulary.
 
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from . import stats
 from .handoff import module_name
-from .resize import embedding_layout
+from .rows.layout import embedding_layout
 from .tokenization import GENERIC_TOKENIZER_CLASS, PROBES
 
 # The tokenizer_config.json entry that makes a class with its own __init__ load tokenizer.json unchanged (above).
@@ -171,8 +171,8 @@ def read_tensor(path: Path, name: str) -> Tensor:
         return handle.get_tensor(name)
 
 
-def reference_rows(real: int, new_token_ids: Sequence[int]) -> int:
-    """The rows whose mean resize.py writes into padding rows: those before the new tokens when they were
+def tokens_before_of(real: int, new_token_ids: Sequence[int]) -> int:
+    """The rows whose mean rows/layout.py writes into padding rows: those before the new tokens when they were
     appended (ids real-k .. real-1), else all ``real`` rows. E.g. real=10, new ids [8, 9] -> 8."""
     ids = sorted(new_token_ids)
     return real - len(ids) if ids and ids == list(range(real - len(ids), real)) else real
@@ -204,7 +204,7 @@ def check_serving(folder: str | os.PathLike, new_token_ids: Sequence[int] | None
                   original_rows: int | None = None, matrices: Matrices | None = None) -> dict[str, Any]:
     """The vLLM rules (module docstring) on a saved folder. Returns the figures, "problems" (one line each; empty
     when every rule holds), "notes" and "ok". Spare rows the original model already had past its tokenizer
-    (ids below ``original_rows``) are kept as they were (resize.py never writes them): not being the mean row,
+    (ids below ``original_rows``) are kept as they were (rows/layout.py never writes them): not being the mean row,
     they are a note, not a problem. Without ``new_token_ids`` (and ``original_rows``), the folder's
     expansion.json gives them, when it has one. ``matrices``: the saved model's (input, output, bias), when the
     caller holds them (a save); else they are read from the folder's safetensors.
@@ -238,7 +238,7 @@ def matrix_problems(report: dict[str, Any], embedding: Tensor, head: Tensor, bia
     rows = {"input": embedding.shape[0], "output": head.shape[0]}
     if bias is not None:
         rows["bias"] = bias.shape[0]
-    unsafe = unsafe_padding_rows(head, bias, real, reference_rows(real, new_token_ids))
+    unsafe = unsafe_padding_rows(head, bias, real, tokens_before_of(real, new_token_ids))
     kept = [i for i in unsafe if i < original_rows]
     written = [i for i in unsafe if i >= original_rows]
     report |= {"rows": rows, "padding_rows": max(0, head.shape[0] - real), "unsafe_padding_rows": len(written),
@@ -259,8 +259,8 @@ def matrix_problems(report: dict[str, Any], embedding: Tensor, head: Tensor, bia
 def finish_folder(folder: str | os.PathLike, report: dict[str, Any],
                   matrices: Matrices | None = None) -> dict[str, Any]:
     """After a save: make the tokenizer files portable, then check the vLLM rules, for the expansion ``report``
-    (expansion.json's content) and the saved ``matrices`` (read from the folder when None). Returns the report
-    with "serving": {"tokenizer": ..., "vllm": ...}."""
+    (expansion.json's content) and the saved ``matrices`` (read from the folder when None). Returns the serving
+    figures, {"tokenizer": ..., "vllm": ..., "llama_cpp": ...}, which report.saved_record puts in the record."""
     words = [t["word"] for t in report.get("new_tokens", [])]
     ids = (report.get("fine_tuning") or {}).get("new_token_ids") or [t["id"] for t in report.get("new_tokens", [])]
     tokenizer = write_portable_tokenizer_config(folder, words)
@@ -268,7 +268,7 @@ def finish_folder(folder: str | os.PathLike, report: dict[str, Any],
     from .gguf_export import llama_cpp_support  # what llama.cpp (GGUF) reproduces of this tokenizer
 
     llama_cpp = llama_cpp_support(folder, report.get("new_tokens", []))
-    return report | {"serving": {"tokenizer": tokenizer, "vllm": vllm, "llama_cpp": llama_cpp}}
+    return {"tokenizer": tokenizer, "vllm": vllm, "llama_cpp": llama_cpp}
 
 
 def save_model(model: Any, tokenizer: Any, path: str | os.PathLike, expansion: Any, *,
@@ -281,12 +281,13 @@ def save_model(model: Any, tokenizer: Any, path: str | os.PathLike, expansion: A
     folders, loses the LOAD_FILE_AS_IS entry; this writes both back.
     """
     from .io import atomic_directory, write_json
+    from .report import saved_record
 
     report = saved_report(expansion)
     with atomic_directory(path, force=force) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        report = finish_folder(tmp, report, model_matrices(model))
+        report = saved_record(report, finish_folder(tmp, report, model_matrices(model)))
         write_json(tmp / "expansion.json", report)
     return report["serving"]
 

@@ -4,7 +4,7 @@ Pure tensor maths: takes and returns tensors, never touches models, tokenizers o
 Every function works on float32, bfloat16 and float16 matrices by converting one chunk of rows
 at a time, so the extra memory is O(chunk * d + d^2), never a float32 copy of the whole matrix.
 
-Left out: anything that decides *which* rows are reference rows (see resize.py).
+Left out: anything that decides *which* rows are reference rows (see rows/layout.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ written into the saved config. T5's `get_sentinel_tokens` helpers are the one lo
 Also here: the check that every new entry is produced by ordinary sentences (PROBES), and finding the unused
 reserved tokens that reuse_reserved turns into new words.
 
-Left out: embeddings (resize.py); assigning ids (planning.py).
+Left out: embeddings (rows/); assigning ids (planning.py).
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from .corpus import Corpus, require_corpus
 from .errors import InvalidInputError
 from .tokenization import documents_up_to, start_token_id
 from .forward import PassStats, run_pass
-from .resize import embedding_layout, untie
+from .rows.layout import embedding_layout, untie
 
 if TYPE_CHECKING:
-    from .rows import NewRows
+    from .rows.compute import NewRows
 
 # Scale alpha beyond the minimum the sample needs, so unseen text stays below the margin too. The needed
 # alpha has a heavy tail over positions (measured on SmolLM2: 1.5x was not enough for every held-out verse).
@@ -95,7 +95,7 @@ def shifted_rows(rows: "NewRows", model: nn.Module, twin: nn.Module) -> "NewRows
     fit's and distill's objectives are shift-equivariant, so these are what learning on the twin gives (up to
     float rounding, which can tip fit's choice between two strengths whose calibration losses tie), without
     learning again. The twin's head is untied, so the result is too."""
-    from .rows import NewRows
+    from .rows.compute import NewRows
 
     old = embedding_layout(model).output.weight
     shift = (old[0].detach().float() - embedding_layout(twin).output.weight[0].detach().float()).cpu()

@@ -10,7 +10,7 @@ tokenizers library renumbers such tokens from the vocabulary's size when it load
 entries would otherwise shift every one of them. Ids given to new entries that belong to added tokens (reused
 reserved tokens) replace those tokens.
 
-Left out: embeddings (resize.py) and building the transformers tokenizer object (tokenization.py).
+Left out: embeddings (rows/) and building the transformers tokenizer object (tokenization.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from typing import Any, ClassVar, Iterable
 
 from tokenizers import Tokenizer
 
-from ..config import FORMS_OF  # noqa: F401  (re-exported: families name the forms they build)
 from ..errors import UnsupportedTokenizerError
+
+# The word forms each choice of `forms` (config.FORM_CHOICES) adds: " word" in running text (mid), "word" at
+# the start of a text (initial). tokenization.py and mining.py read them from here.
+FORMS_OF: dict[str, tuple[str, ...]] = {"mid": ("mid",), "initial": ("initial",), "both": ("mid", "initial")}
 
 
 @dataclass(frozen=True)
@@ -111,9 +114,6 @@ class TokenizerFamily(ABC):
     def pinned_score(self) -> float | None:
         """The score of an added token pinned into a scored (Unigram) vocabulary; None for BPE."""
         return None
-
-    def encode_ids(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
 
 
 _FAMILIES: list[type[TokenizerFamily]] = []

@@ -5,5 +5,5 @@ of an expansion without naming any.
 This package imports nothing on purpose: strategies import its modules, and its modules import strategies,
 so an import here would make a cycle.
 
-Left out: the strategies themselves (strategies/), writing rows (resize.py).
+Left out: the strategies themselves (strategies/), writing rows (rows/).
 """

@@ -1,7 +1,7 @@
 """LearnContext: the data a data-driven strategy learns its rows from, built on demand and shared.
 
 A strategy declares what it needs (Strategy.needs, from NEEDS); the context computes each thing the first
-time it is asked for and keeps it for the other strategies of the same expansion (and, through ``cache``,
+time it is asked for and keeps it for the other strategies of the same expansion (and, through ``learned_cache``,
 for other strategy pairs of one diagnosis):
 - sample(): the weighted sample of the training text (sampling.py), drawn once per seed and sampling options;
 - windows(context, after): every occurrence of a new word in the sample, as distillation windows;
@@ -46,7 +46,7 @@ class SampleStates:
 class LearnContext:
     """model: the original model (frozen); plan: the token plan; documents: the training text;
     tail: tokens kept after each sampled chunk (the largest any data-driven strategy reads past it);
-    cache: shared between contexts of one diagnosis; needs: what the current strategy declared;
+    learned_cache: shared between contexts of one diagnosis; needs: what the current strategy declared;
     input_rows: the final input rows [k, d], set before output-side strategies run."""
 
     model: nn.Module
@@ -54,7 +54,7 @@ class LearnContext:
     config: ExpandConfig
     documents: Sequence[str]
     tail: int
-    cache: dict = field(default_factory=dict)
+    learned_cache: dict = field(default_factory=dict)
     progress: bool = False
     needs: frozenset[str] = frozenset()
     input_rows: Tensor | None = None
@@ -69,7 +69,7 @@ class LearnContext:
         return len(self.plan.entries)
 
     @property
-    def n_old(self) -> int:
+    def tokens_before(self) -> int:
         return self.plan.tokens_before
 
     @property
@@ -79,15 +79,15 @@ class LearnContext:
     def learned(self, strategy: "DataDrivenStrategy", start: Tensor, bias: Tensor | None = None, *,
                 cached: bool = True) -> "Learned":
         """strategy.learn on a view of this context with the strategy's options. With ``cached``, the result is
-        kept in ``cache`` by strategy, options and sample (it must not depend on the other side), so a diagnosis,
+        kept in ``learned_cache`` by strategy, options and sample (it must not depend on the other side), so a diagnosis,
         or `joint` reusing distill's rows, learns it once."""
         options = self.config.options_for(strategy.name)
         key = ("learned", strategy.name, options, self.sample_key())
-        if cached and key in self.cache:
-            return self.cache[key]
+        if cached and key in self.learned_cache:
+            return self.learned_cache[key]
         result = strategy.learn(self.for_strategy(strategy.needs), start, bias, options)
         if cached:
-            self.cache[key] = result
+            self.learned_cache[key] = result
         return result
 
     def for_strategy(self, needs: frozenset[str]) -> "LearnContext":
@@ -113,21 +113,21 @@ class LearnContext:
         if not self.needs & {"sample", "states", "windows"}:
             self._require("sample")
         key = self.sample_key()
-        if key not in self.cache:
+        if key not in self.learned_cache:
             options = self.config.sampling
-            self.cache[key] = sample_domain(self.plan.tokenizer, self.documents, self.n_old, self.k,
+            self.learned_cache[key] = sample_domain(self.plan.tokenizer, self.documents, self.tokens_before, self.k,
                                             max_positions=options.max_positions, seed=self.config.seed,
                                             min_sampled_occurrences=options.min_sampled_occurrences,
                                             calibration_fraction=options.calibration_fraction, tail=self.tail,
                                             progress=self.progress, position_cap=self.position_cap())
-        return self.cache[key]
+        return self.learned_cache[key]
 
     def windows(self, context: int, after: int) -> list[Window]:
         """Every occurrence of a new word in the sample, with ``context`` tokens before it and ``after`` after."""
         self._require("windows")
         sample = self.sample()
         return [w for chunk, cal in zip(sample.ids, sample.calibration.tolist())
-                for w in windows_in(chunk, self.plan.pieces, self.n_old, self.start_id, context=context,
+                for w in windows_in(chunk, self.plan.pieces, self.tokens_before, self.start_id, context=context,
                                     after=after, calibration=cal)]
 
     def states(self) -> SampleStates:
@@ -136,7 +136,7 @@ class LearnContext:
         if "states" not in self.computed:
             sample = self.sample()
             began = time.perf_counter()
-            stats = run_pass(self.model, sample.scored(), self.n_old, self.start_id, input_rows=self.input_rows,
+            stats = run_pass(self.model, sample.scored(), self.tokens_before, self.start_id, input_rows=self.input_rows,
                              progress=self.progress, desc="caching hidden states")
             self.computed["states_seconds"] = time.perf_counter() - began
             flat, offsets = sample.flat_weights()

@@ -7,7 +7,7 @@ cached by strategy, options and sample, so a diagnosis that pairs one input stra
 strategies learns the input rows once. Every step's report goes to expansion.json under the strategy's name,
 with the sample's facts under "sample".
 
-Left out: the maths of each strategy (strategies/); where rows go (expansion.py, resize.py).
+Left out: the maths of each strategy (strategies/); where rows go (rows/grow.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, NamedTuple, Sequence
 from torch import Tensor, nn
 
 from ..config import ExpandConfig
-from ..corpus import Corpus
 from ..planning import TokenPlan
 from ..strategies import NEEDS, STRATEGIES, DataDrivenStrategy, Strategy, get_strategy
 from .context import LearnContext
@@ -31,13 +30,12 @@ class StartRows(NamedTuple):
     bias: Tensor | None
 
 
-def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, corpus: Corpus | Sequence[str],
-               pair: tuple[Strategy, Strategy], start: StartRows, cache: dict,
+def learn_rows(model: nn.Module, plan: TokenPlan, config: ExpandConfig, documents: Sequence[str],
+               pair: tuple[Strategy, Strategy], start: StartRows, learned_cache: dict,
                progress: bool) -> tuple[StartRows, dict[str, Any]]:
-    """The rows after every data-driven strategy of ``pair`` (input, output) has learned its side, and the
-    details for the report."""
-    documents = corpus.train if isinstance(corpus, Corpus) else list(corpus)
-    context = LearnContext(model, plan, config, documents, tail=sample_tail(config), cache=cache,
+    """The rows after every data-driven strategy of ``pair`` (input, output) has learned its side from the train
+    ``documents``, and the details for the report (the sample's figures and each strategy's report)."""
+    context = LearnContext(model, plan, config, documents, tail=sample_tail(config), learned_cache=learned_cache,
                            progress=progress, needs=NEEDS)  # the orchestration may read everything
     inp, out = pair
     details: dict[str, Any] = {}

@@ -64,14 +64,14 @@ class DomainSample:
     ids: the chunks (C lists of token ids), each cut after its last kept position plus a short tail;
     weights: C tensors [len(chunk)], the weight 1/P_t of each position's loss (0: context or tail only);
     calibration [C] bool; counts [k]: occurrences of each new token in the whole training split;
-    n_old: first new id; budget: the position budget it was drawn for.
+    tokens_before: first new id; budget: the position budget it was drawn for.
     """
 
     ids: list[list[int]]
     weights: list[Tensor]
     calibration: Tensor
     counts: Tensor
-    n_old: int
+    tokens_before: int
     scanned_tokens: int
     budget: int
 
@@ -82,7 +82,7 @@ class DomainSample:
         for chunk, weight, is_cal in zip(self.ids, self.weights, self.calibration.tolist()):
             if is_cal == calibration:
                 ids = torch.tensor(chunk, dtype=torch.long)
-                new = ids[(ids >= self.n_old) & (weight > 0)] - self.n_old
+                new = ids[(ids >= self.tokens_before) & (weight > 0)] - self.tokens_before
                 found += torch.bincount(new, minlength=k)
         return found
 
@@ -148,7 +148,7 @@ def chunks_of(ids: list[int]) -> list[list[int]]:
 def sample_domain(
     tokenizer: PreTrainedTokenizerBase,
     documents: Sequence[str],
-    n_old: int,
+    tokens_before: int,
     k: int,
     *,
     max_positions: int | None,
@@ -167,7 +167,7 @@ def sample_domain(
     """
     if not documents:
         raise InvalidInputError("fit and distill need domain text: the corpus has no training documents")
-    occ = _scan(tokenizer, documents, n_old, k, progress)
+    occ = _scan(tokenizer, documents, tokens_before, k, progress)
     counts = np.bincount(occ.word, minlength=k)
     if counts.sum() == 0:
         raise InvalidInputError("none of the new words occurs in the training text, so there is nothing to fit them to; "
@@ -185,19 +185,19 @@ def sample_domain(
     cut[whole] = occ.lengths[whole]
     chosen = np.flatnonzero(cut > 0)
     if not len(chosen):
-        raise InvalidInputError(f"a budget of {budget} positions drew no text to fit on: raise fit_max_positions")
+        raise InvalidInputError(f"a budget of {budget} positions drew no text to fit on: raise sample_max_positions")
     chunks = _chunks(tokenizer, documents, occ.doc_of, chosen)
     keep = _keep_probabilities(occ, pi_word, rate, chosen, cut)
     ids = [chunk[: int(cut[c]) + tail] for chunk, c in zip(chunks, chosen.tolist())]
     raw = [np.r_[1.0 / p, np.zeros(len(chunk) - len(p))] for chunk, p in zip(ids, keep)]
-    weights = _post_stratified(occ, is_cal, chosen, ids, raw, n_old, k)
+    weights = _post_stratified(occ, is_cal, chosen, ids, raw, tokens_before, k)
     return DomainSample(ids=ids, weights=weights, calibration=torch.tensor(is_cal[chosen]),
-                        counts=torch.tensor(counts), n_old=n_old, scanned_tokens=int(occ.lengths.sum()),
+                        counts=torch.tensor(counts), tokens_before=tokens_before, scanned_tokens=int(occ.lengths.sum()),
                         budget=int(budget))
 
 
 def _post_stratified(occ: Occurrences, is_cal: np.ndarray, chosen: np.ndarray, ids: list[list[int]],
-                     raw: list[np.ndarray], n_old: int, k: int) -> list[Tensor]:
+                     raw: list[np.ndarray], tokens_before: int, k: int) -> list[Tensor]:
     """The weights rescaled, within each part (fitting, calibration), so that they add up exactly to the known
     totals of each stratum: the occurrences of each new word, and the positions with an old target. The
     Horvitz-Thompson weights only match them in expectation; the balance between a word's occurrences and
@@ -205,7 +205,7 @@ def _post_stratified(occ: Occurrences, is_cal: np.ndarray, chosen: np.ndarray, i
     flat_ids = np.concatenate([np.asarray(c, dtype=np.int64) for c in ids])
     flat = np.concatenate(raw)
     part = np.repeat(is_cal[chosen], [len(c) for c in ids])
-    stratum = np.where(flat_ids >= n_old, flat_ids - n_old, k)  # k: an old target
+    stratum = np.where(flat_ids >= tokens_before, flat_ids - tokens_before, k)  # k: an old target
     chunk_part = is_cal[occ.chunk] if len(occ.chunk) else np.zeros(0, dtype=bool)
     for side in (False, True):
         known = np.bincount(occ.word[chunk_part == side], minlength=k + 1).astype(np.float64)
@@ -273,7 +273,7 @@ def _keep_probabilities(occ: Occurrences, pi_word: np.ndarray, rate: float, chos
     return found
 
 
-def _scan(tokenizer, documents, n_old, k, progress) -> Occurrences:
+def _scan(tokenizer, documents, tokens_before, k, progress) -> Occurrences:
     lengths, doc_of, chunk, pos, word = [], [], [], [], []
     bar = tqdm(total=len(documents), desc="scanning domain text", unit="doc", disable=not progress, mininterval=1.0)
     for start in range(0, len(documents), BATCH_DOCUMENTS):
@@ -281,10 +281,10 @@ def _scan(tokenizer, documents, n_old, k, progress) -> Occurrences:
         for offset, ids in enumerate(batch):
             for piece in chunks_of(ids):
                 array = np.asarray(piece, dtype=np.int64)
-                where = np.flatnonzero(array >= n_old)
+                where = np.flatnonzero(array >= tokens_before)
                 chunk.append(np.full(len(where), len(lengths)))
                 pos.append(where)
-                word.append(array[where] - n_old)
+                word.append(array[where] - tokens_before)
                 lengths.append(len(piece))
                 doc_of.append(start + offset)
         bar.update(len(batch))

@@ -26,28 +26,28 @@ class Window:
     calibration: bool
 
 
-def windows_in(chunk: list[int], pieces: list[list[int]], n_old: int, start_id: int, *, context: int,
+def windows_in(chunk: list[int], pieces: list[list[int]], tokens_before: int, start_id: int, *, context: int,
                after: int, calibration: bool) -> list[Window]:
     """Every occurrence of a new token in ``chunk`` as a Window with at most ``context`` tokens before it
     and ``after`` after it, stopping at other new tokens."""
     found = []
     for p, token in enumerate(chunk):
-        if token < n_old:
+        if token < tokens_before:
             continue
         left = chunk[max(0, p - context) : p]
-        while any(t >= n_old for t in left):
-            left = left[next(i for i, t in enumerate(left) if t >= n_old) + 1 :]
+        while any(t >= tokens_before for t in left):
+            left = left[next(i for i, t in enumerate(left) if t >= tokens_before) + 1 :]
         right = []
         for t in chunk[p + 1 : p + 1 + after]:
-            if t >= n_old:
+            if t >= tokens_before:
                 break
             right.append(t)
-        m = len(pieces[token - n_old])
+        m = len(pieces[token - tokens_before])
         found.append(Window(
-            word=token - n_old,
+            word=token - tokens_before,
             prefix=[start_id, *left],
             student=[token, *right],
-            teacher=[*pieces[token - n_old], *right],
+            teacher=[*pieces[token - tokens_before], *right],
             student_positions=list(range(1 + len(right))),
             teacher_positions=list(range(m - 1, m + len(right))),
             calibration=calibration,

@@ -12,7 +12,7 @@ The orchestration (learning/orchestrate.py) builds the context and runs input-si
 output-side ones; nothing there names a strategy, so a new one is one folder under strategies/. A
 data-driven strategy whose sides are ("input", "output") learns the one shared row of a tied model (joint).
 
-Left out: where rows go, tied weights, padding rows (resize.py owns those); the shared data (learning/).
+Left out: where rows go, tied weights, padding rows (rows/layout.py owns those); the shared data (learning/).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor
 
-from .. import stats
+from .. import config, stats
 from ..errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -38,15 +38,16 @@ class RowRequest:
     """What a strategy may use to build k new rows.
 
     pieces: for each new token, the old ids its text tokenized to before expansion (k lists).
-    reference_rows: rows [0, reference_rows) of the old matrix are real tokens (rows past it are
-        spare padding rows, untrained in many models) and are the ones statistics are taken over.
+    tokens_before: the old vocabulary size, len(tokenizer) before expansion (the one name for it throughout):
+        rows [0, tokens_before) of the old matrix are real tokens (rows past it are spare padding rows,
+        untrained in many models) and are the ones statistics are taken over.
     generator: the only source of randomness.
     initializer_range: the model's config.initializer_range (std of its random init).
     options: this strategy's typed options (an instance of its options_class), or None if it has none.
     """
 
     pieces: list[list[int]]
-    reference_rows: int
+    tokens_before: int
     generator: torch.Generator
     initializer_range: float = 0.02
     options: Any = None
@@ -70,7 +71,7 @@ class Strategy(ABC):
 
     @abstractmethod
     def rows(self, old: Tensor, request: RowRequest) -> Tensor:
-        """New rows for the k tokens: float32 [k, d], from the old matrix ``old`` [n_old, d]."""
+        """New rows for the k tokens: float32 [k, d], from the old matrix ``old`` [tokens_before, d]."""
 
     def bias(self, old: Tensor, request: RowRequest) -> Tensor:
         """New entries of an output bias: float32 [k]. Default: the rows() rule on the bias as a column."""
@@ -78,8 +79,8 @@ class Strategy(ABC):
 
     @staticmethod
     def reference(old: Tensor, request: RowRequest) -> Tensor:
-        """The rows statistics are taken over: [reference_rows, d]."""
-        return old[: request.reference_rows]
+        """The rows statistics are taken over: [tokens_before, d]."""
+        return old[: request.tokens_before]
 
     @staticmethod
     def repeat_mean(old: Tensor, request: RowRequest) -> Tensor:
@@ -168,3 +169,6 @@ def get_strategy(name: str) -> Strategy:
     if not isinstance(name, str) or name not in STRATEGIES:
         raise InvalidInputError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name]()
+
+
+config.use_options_lookup(lambda name: get_strategy(name).options_class)  # config names no strategy itself

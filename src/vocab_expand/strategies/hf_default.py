@@ -7,7 +7,7 @@ generator) so that it can be compared with the other strategies on equal terms; 
 follows our resize (spare rows reused), not transformers' (always appended).
 Source: transformers PR #33325, modeling_utils._init_added_embeddings_weights_with_mean.
 
-Left out: transformers' placement and its DeepSpeed ZeRO-3 gathering (resize.py places the rows)."""
+Left out: transformers' placement and its DeepSpeed ZeRO-3 gathering (rows/layout.py places the rows)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ distilled together; a calibration slice stops it early. Words seen too rarely ke
 
 Needs: the domain sample and its occurrence windows. The maths is in maths.py.
 
-Left out: sampling and windows (learning/), writing rows (resize.py).
+Left out: sampling and windows (learning/), writing rows (rows/).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class Distill(DataDrivenStrategy):
             report = {"fallback_words": context.words,
                       "note": "no word occurs often enough in the sample to distill"}
             return Learned(start, None, report)
-        result = distill_rows(context.model, windows, start, context.n_old, free=free, epochs=options.epochs,
+        result = distill_rows(context.model, windows, start, context.tokens_before, free=free, epochs=options.epochs,
                               seed=context.config.seed, progress=context.progress,
                               cache_budget=options.cache_budget)
         result.report["fallback_words"] = [w for w, f in zip(context.words, free.tolist()) if not f]

@@ -14,7 +14,7 @@ it reads its prefix again, without gradient, each time it is used, and frees it 
 copied: each pass gets its own cache object over the stored tensors, which the pass extends with torch.cat and
 never writes.
 
-Left out: sampling the text and finding the windows (learning/), writing rows (resize.py).
+Left out: sampling the text and finding the windows (learning/), writing rows (rows/).
 """
 
 from __future__ import annotations
@@ -153,11 +153,11 @@ class Distiller:
     few tail tokens, which is where the gradient is, after a prefix cache: kept from the first reading while
     ``cache_budget`` bytes allow (None: default_budget(device); 0: none kept), else read again for the step."""
 
-    def __init__(self, model: nn.Module, windows: list[Window], n_old: int, cache_budget: int | None = None,
+    def __init__(self, model: nn.Module, windows: list[Window], tokens_before: int, cache_budget: int | None = None,
                  teacher: bool = True, read_ahead: bool = True):
         # teacher False: no teacher states, only student passes (joint); read_ahead False as well: no prefix read
         # before use either, for a Distiller whose batches are each used once (joint's input gradient)
-        self.model, self.n_old, self.teacher, self.read_ahead = model, n_old, teacher, read_ahead or teacher
+        self.model, self.tokens_before, self.teacher, self.read_ahead = model, tokens_before, teacher, read_ahead or teacher
         self.device = model.get_input_embeddings().weight.device  # Accelerate's hooks move inputs on from here
         self.scale = embedding_scale(model.get_input_embeddings())
         weights = tensor_bytes(model.parameters())
@@ -222,7 +222,7 @@ class Distiller:
         ids, mask = _padded(tails, self.device)
         positions = batch.prefix_mask.sum(1, keepdim=True) + torch.arange(ids.shape[1], device=self.device)
         embeds = (self.model.get_input_embeddings()(ids) if rows is None
-                  else embed_with_rows(self.model, ids, rows, self.n_old, self.scale))
+                  else embed_with_rows(self.model, ids, rows, self.tokens_before, self.scale))
         full_mask = torch.cat([batch.prefix_mask, mask], 1)
         return layer_states(self.model, embeds, full_mask, positions, cache)
 
@@ -270,13 +270,13 @@ def frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def distill_rows(model: nn.Module, windows: list[Window], start: Tensor, n_old: int, *, free: Tensor,
+def distill_rows(model: nn.Module, windows: list[Window], start: Tensor, tokens_before: int, *, free: Tensor,
                  epochs: int, seed: int, progress: bool = True, cache_budget: int | None = None) -> DistillResult:
     """New input rows [k, d], starting from ``start``; rows where ``free`` is False are not trained.
     ``cache_budget``: bytes of prefix caches kept between steps (Distiller)."""
     began = time.perf_counter()
     with frozen(model):
-        distiller = Distiller(model, windows, n_old, cache_budget)
+        distiller = Distiller(model, windows, tokens_before, cache_budget)
         result = _train(distiller, start, free, epochs, seed, progress)
         result.report["prefix_caches"] = distiller.cache_facts()
     result.report.update({"windows": len(windows), "seconds": time.perf_counter() - began})
@@ -285,7 +285,7 @@ def distill_rows(model: nn.Module, windows: list[Window], start: Tensor, n_old: 
 
 def _train(distiller: Distiller, start: Tensor, free: Tensor, epochs: int, seed: int, progress: bool) -> DistillResult:
     reference = distiller.model.get_input_embeddings().weight
-    lr = LR_SCALE * reference[: distiller.n_old].detach().to(torch.float32).std().item()
+    lr = LR_SCALE * reference[: distiller.tokens_before].detach().to(torch.float32).std().item()
     rows = start.detach().clone().to(torch.float32).requires_grad_(True)
     optimizer = torch.optim.Adam([rows], lr=lr)
     generator = torch.Generator().manual_seed(seed)

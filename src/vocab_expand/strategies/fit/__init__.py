@@ -9,7 +9,7 @@ Without domain text there is nothing to fit: use `mean`.
 
 Needs: the domain sample's hidden states, computed with the final input rows.
 
-Left out: sampling and running the model (learning/), writing rows (resize.py).
+Left out: sampling and running the model (learning/), writing rows (rows/).
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def cached_positions(context: "LearnContext") -> CachedPositions:
     from .solve import SOLVE_MAX_POSITIONS, FitData, thinned
 
     states = context.states()
-    n_old = context.n_old
+    tokens_before = context.tokens_before
     kept = states.weight > 0
     data = FitData(hidden=states.stats.hidden, log_z=states.stats.log_z,
-                   target=torch.where(states.stats.target >= n_old, states.stats.target - n_old, -1),
+                   target=torch.where(states.stats.target >= tokens_before, states.stats.target - tokens_before, -1),
                    target_logit=torch.nan_to_num(states.stats.target_logit, nan=0.0),
                    weight=states.weight).select(kept)
     data, is_cal = thinned(data, states.calibration[kept], SOLVE_MAX_POSITIONS, context.config.seed)

@@ -10,7 +10,7 @@ in R (log-sum-exp of affine maps minus an affine map, plus a convex penalty), so
 An output bias is one more coordinate: h gets a constant 1 and r the bias entry. reg -> infinity gives mu,
 the mean row, whose KL is bounded by log(1 + k/n) (Hewitt). reg is chosen on a calibration slice.
 
-Left out: sampling the text (learning/sampling.py), running the model (forward.py), writing rows (resize.py).
+Left out: sampling the text (learning/sampling.py), running the model (forward.py), writing rows (rows/).
 """
 
 from __future__ import annotations

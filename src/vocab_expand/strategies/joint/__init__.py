@@ -20,7 +20,7 @@ Needs: the domain sample, its occurrence windows, and its states read with the d
 two signals are distill's and fit's own (distill_epochs, fit_reg, ...); joint adds the two weights.
 
 Left out: an output bias (the shared row of a tied head with a bias keeps its mean entry); sampling and running
-the model (learning/), writing rows (resize.py).
+the model (learning/), writing rows (rows/).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def distilled_rows(context: "LearnContext") -> tuple[Tensor, dict[str, Any]]:
     """(rows [k, d], report) of `distill` from subword rows: the input signal's minimizer. Kept in the shared
     cache (LearnContext.learned), as distill's own rows are, so a diagnosis distils once."""
     weight = context.model.get_input_embeddings().weight.data
-    request = RowRequest(pieces=context.plan.pieces, reference_rows=context.n_old,
+    request = RowRequest(pieces=context.plan.pieces, tokens_before=context.tokens_before,
                          generator=torch.Generator().manual_seed(context.config.seed))
     learned = context.learned(Distill(), Distill().rows(weight, request))
     return learned.rows, learned.report
@@ -166,7 +166,7 @@ def calibration_loss(context: "LearnContext", calibration: "FitData", anchor: Te
     if calibration.hidden.shape[0] == 0 or not (choosing or (stepping and choose_step)):
         return windows, None
     return windows, CalibrationLoss(context.model, calibration, [w for w in windows if w.calibration], anchor,
-                                    context.n_old, cap, context.config.seed, distill.cache_budget)
+                                    context.tokens_before, cap, context.config.seed, distill.cache_budget)
 
 
 def stepped(context: "LearnContext", train: "FitData", rows: Tensor, mean_row: Tensor, free: Tensor, windows: list,
@@ -183,7 +183,7 @@ def stepped(context: "LearnContext", train: "FitData", rows: Tensor, mean_row: T
     per_word = contexts_per_word(context.k, distill, context.config.sampling.min_occurrences)
     fitting = select_windows([w for w in windows if not w.calibration], per_word)
     omega = window_weights(train, [w.word for w in fitting], rows.shape[0])
-    gradient = input_gradient(context.model, fitting, rows, omega, context.n_old, free=free,
+    gradient = input_gradient(context.model, fitting, rows, omega, context.tokens_before, free=free,
                               cache_budget=distill.cache_budget, progress=context.progress)
     facts: dict[str, Any] = {"input_gradient_windows": len(fitting)}
     share = options.input_step

@@ -114,14 +114,14 @@ class CalibrationLoss:
     scaled up by the share of words left without a window, so the windows stand for every calibration
     occurrence. ``cache_budget``: distill's, for the windows' prefix caches (Distiller)."""
 
-    def __init__(self, model: nn.Module, calibration: FitData, windows: list, anchor: Tensor, n_old: int,
+    def __init__(self, model: nn.Module, calibration: FitData, windows: list, anchor: Tensor, tokens_before: int,
                  cap: float | None, seed: int, cache_budget: int | None = None):
-        self.model, self.calibration, self.cap, self.n_old = model, calibration, cap, n_old
+        self.model, self.calibration, self.cap, self.tokens_before = model, calibration, cap, tokens_before
         windows = _at_most(windows, MAX_CALIBRATION_WINDOWS, seed)
-        self.distiller = Distiller(model, windows, n_old, cache_budget, teacher=False, read_ahead=False) if windows else None
+        self.distiller = Distiller(model, windows, tokens_before, cache_budget, teacher=False, read_ahead=False) if windows else None
         self.omega = window_weights(calibration, [w.word for w in windows], anchor.shape[0])
         self.read_anchor = [self._states(anchor, i) for i in range(self._batches())]
-        self.old_rows, self.old_bias = old_head(model, n_old)
+        self.old_rows, self.old_bias = old_head(model, tokens_before)
 
     def _batches(self) -> int:
         return len(self.distiller.batches) if self.distiller else 0
@@ -169,11 +169,11 @@ def _at_most(windows: list, limit: int, seed: int) -> list:
     return [windows[i] for i in keep.tolist()]
 
 
-def old_head(model: nn.Module, n_old: int) -> tuple[Tensor, Tensor | None]:
-    """The head's old rows [n_old, d] and bias [n_old] (None without one), float32, detached."""
+def old_head(model: nn.Module, tokens_before: int) -> tuple[Tensor, Tensor | None]:
+    """The head's old rows [tokens_before, d] and bias [tokens_before] (None without one), float32, detached."""
     head = model.get_output_embeddings()
-    bias = head.bias[:n_old].detach().to(torch.float32) if getattr(head, "bias", None) is not None else None
-    return head.weight[:n_old].detach().to(torch.float32), bias
+    bias = head.bias[:tokens_before].detach().to(torch.float32) if getattr(head, "bias", None) is not None else None
+    return head.weight[:tokens_before].detach().to(torch.float32), bias
 
 
 def tail_nll(model: nn.Module, states: Tensor, windows: list, rows: Tensor, old: tuple[Tensor, Tensor | None]
@@ -192,13 +192,13 @@ def tail_nll(model: nn.Module, states: Tensor, windows: list, rows: Tensor, old:
     return torch.zeros(len(windows)).index_add_(0, owner, nll)
 
 
-def input_gradient(model: nn.Module, windows: list, rows: Tensor, omega: Tensor, n_old: int, *, free: Tensor,
+def input_gradient(model: nn.Module, windows: list, rows: Tensor, omega: Tensor, tokens_before: int, *, free: Tensor,
                    cache_budget: int | None = None, progress: bool = False) -> Tensor:
     """g [k, d]: the gradient in the read rows of sum_w omega_w nll_w(the model reads ``rows``), the next tokens'
     loss on fitting ``windows`` with the head held at ``rows`` (the input signal itself, not the pull's model of
     it); zero where not ``free``. One student pass per batch of windows, each reading its prefix once."""
-    distiller = Distiller(model, windows, n_old, cache_budget, teacher=False, read_ahead=False)
-    old, held = old_head(model, n_old), rows.detach()
+    distiller = Distiller(model, windows, tokens_before, cache_budget, teacher=False, read_ahead=False)
+    old, held = old_head(model, tokens_before), rows.detach()
     param = rows.detach().clone().to(torch.float32).requires_grad_(True)
     with frozen(model), torch.enable_grad():
         for i in tqdm(range(len(distiller.batches)), desc="joint: input gradient", disable=not progress):

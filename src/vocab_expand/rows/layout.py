@@ -1,4 +1,4 @@
-"""Growing a model's embedding matrices: the one place that knows about tied weights, heads, biases and padding.
+"""Where new rows go in a model's matrices: the one place that knows about tied weights, heads, biases and padding.
 
 Rules (the invariants in docs/ARCHITECTURE.md#invariants-of-a-resize):
 - New token ids are consecutive from len(tokenizer). Rows of a matrix padded beyond the tokenizer
@@ -10,7 +10,8 @@ Rules (the invariants in docs/ARCHITECTURE.md#invariants-of-a-resize):
 - A tied model stays tied (one Parameter); an untied head, and its bias, are grown on their own.
 - Statistics in float32, rows written in the matrix's dtype.
 
-Left out: the choice of rows (strategies/) and the tokenizer (tokenization.py).
+Left out: the choice of rows (rows/policy.py, strategies/), writing a whole model (rows/grow.py) and the
+tokenizer (tokenization.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import stats
-from .errors import InvalidInputError, InvalidTypeError
+from .. import stats
+from ..errors import InvalidInputError, InvalidTypeError
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""Model surgery: grow the model's matrices in place for computed new rows (tied, untied, biased and padded
+"""Writing new rows into a model: grow the model's matrices in place for computed new rows (tied, untied, biased and padded
 layouts), and update its config; or grow them only for the length of a `with` block (`grown_for`: diagnose
-generates with each strategy's rows without copying the model). The tensor half (grown_matrices, row_facts) also
+generates with each strategy's rows without copying the model). The tensor half (grown_matrices, row_figures) also
 serves checkpoint.py, which grows the stored tensors without building the model.
 
-Left out: the tensor-level row plans and copies (resize.py); computing the rows (rows.py).
+Left out: the tensor-level row plans and copies (rows/layout.py); computing the rows (rows/compute.py);
+the report (report.py, from the RowFigures returned here).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import resize
-from .config import ExpandConfig
-from .metrics import hewitt_bound
-from .rows import NewRows
+from ..config import ExpandConfig
+from ..metrics import hewitt_bound
+from .layout import (RowPlan, embedding_layout, fill_new_rows, overwrite_rows, plan_rows, set_vocab_size,
+                     set_weight, untie)
+from .compute import NewRows
 
 
 @dataclass
@@ -29,7 +31,7 @@ class GrownMatrices:
     input: Tensor
     output: Tensor | None
     bias: Tensor | None
-    plan: resize.RowPlan
+    plan: RowPlan
 
 
 def grown_matrices(old_input: Tensor, old_output: Tensor | None, old_bias: Tensor | None, tokens_before: int,
@@ -39,11 +41,11 @@ def grown_matrices(old_input: Tensor, old_output: Tensor | None, old_bias: Tenso
     the spare rows are written in place (callers pass their own copies). The first len(reused_ids) rows
     overwrite the rows of those ids (reused reserved tokens); the rest go from tokens_before on."""
     r = len(reused_ids)
-    plan = resize.plan_rows(old_input.shape[0], tokens_before, rows.input.shape[0] - r, pad_to_multiple_of)
+    plan = plan_rows(old_input.shape[0], tokens_before, rows.input.shape[0] - r, pad_to_multiple_of)
 
     def grow(old: Tensor, new: Tensor, is_bias: bool = False) -> Tensor:
-        filled = resize.fill_new_rows(old, plan, new[r:], is_bias=is_bias)
-        return resize.overwrite_rows(filled, reused_ids, new[:r])
+        filled = fill_new_rows(old, plan, new[r:], is_bias=is_bias)
+        return overwrite_rows(filled, reused_ids, new[:r])
 
     new_input = grow(old_input, rows.input)
     output = grow(old_output, rows.output) if old_output is not None else None
@@ -53,49 +55,69 @@ def grown_matrices(old_input: Tensor, old_output: Tensor | None, old_bias: Tenso
 
 @torch.no_grad()
 def grow_embeddings(model: nn.Module, tokens_before: int, rows: NewRows, config: ExpandConfig, *,
-                    reused_ids: Sequence[int] = ()) -> dict[str, Any]:
-    """Grow the model's matrices in place for the new rows; returns the row facts for the report.
+                    reused_ids: Sequence[int] = ()) -> RowFigures:
+    """Grow the model's matrices in place for the new rows; returns the row figures for the report.
 
     The first len(reused_ids) rows overwrite the rows of those ids (reused reserved tokens); the rest are
     appended from tokens_before on (spare rows first).
     """
-    layout = resize.embedding_layout(model)
+    layout = embedding_layout(model)
     parameters_before = parameter_count(model)
     if layout.tied and not rows.tied:
-        resize.untie(model, layout)
+        untie(model, layout)
     own_head = layout.output is not None and not rows.tied
     grown = grown_matrices(layout.input.weight.data, layout.output.weight.data if own_head else None,
                            layout.output.bias.data if own_head and layout.has_bias else None, tokens_before, rows,
                            config.pad_to_multiple_of, reused_ids)
-    resize.set_weight(layout.input, grown.input, layout.input.weight)
+    set_weight(layout.input, grown.input, layout.input.weight)
     if rows.tied:
         layout.output.weight = layout.input.weight
         layout.output.out_features = grown.plan.new_rows
     elif grown.output is not None:
-        resize.set_weight(layout.output, grown.output, layout.output.weight)
+        set_weight(layout.output, grown.output, layout.output.weight)
         if grown.bias is not None:
             layout.output.bias = nn.Parameter(grown.bias, requires_grad=layout.output.bias.requires_grad)
-    resize.set_vocab_size(model, grown.plan.new_rows)
-    return row_facts(grown.plan, rows, len(reused_ids), parameters_before, parameter_count(model))
+    set_vocab_size(model, grown.plan.new_rows)
+    return row_figures(grown.plan, rows, len(reused_ids), parameters_before, parameter_count(model))
 
 
-def row_facts(plan: resize.RowPlan, rows: NewRows, reused: int, parameters_before: int,
-              parameters_after: int) -> dict[str, Any]:
-    """The report's facts about the rows: counts before and after, reuse, padding, tie, strategies, bound."""
-    return {
-        "rows_before": plan.old_rows,
-        "rows_after": plan.new_rows,
-        "reused_spare_rows": plan.reused_spare_rows,
-        "reused_reserved_tokens": reused,
-        "padding_rows": len(plan.padding_ids),
-        "tied": rows.tied,
-        "input_strategy": rows.input_strategy,
-        "output_strategy": rows.output_strategy,
-        "hewitt_bound_nats": hewitt_bound(rows.input.shape[0] + len(plan.padding_ids), plan.tokens_before),
-        "parameters_before": parameters_before,
-        "parameters_after": parameters_after,
-        "parameters_added": parameters_after - parameters_before,
-    }
+@dataclass(frozen=True)
+class RowFigures:
+    """What the growth did, for the report (expansion.json writes these fields in this order): row counts before
+    and after, spare rows and reserved tokens reused, padding rows, the tie, the strategies that ran, the Hewitt
+    bound of the rows added, and parameter counts."""
+
+    rows_before: int
+    rows_after: int
+    reused_spare_rows: int
+    reused_reserved_tokens: int
+    padding_rows: int
+    tied: bool
+    input_strategy: str
+    output_strategy: str
+    hewitt_bound_nats: float
+    parameters_before: int
+    parameters_after: int
+    parameters_added: int
+
+
+def row_figures(plan: RowPlan, rows: NewRows, reused: int, parameters_before: int,
+                parameters_after: int) -> RowFigures:
+    """The figures of one growth: ``plan`` (where the rows went), the ``rows`` written, ``reused`` reserved ids."""
+    return RowFigures(
+        rows_before=plan.old_rows,
+        rows_after=plan.new_rows,
+        reused_spare_rows=plan.reused_spare_rows,
+        reused_reserved_tokens=reused,
+        padding_rows=len(plan.padding_ids),
+        tied=rows.tied,
+        input_strategy=rows.input_strategy,
+        output_strategy=rows.output_strategy,
+        hewitt_bound_nats=hewitt_bound(rows.input.shape[0] + len(plan.padding_ids), plan.tokens_before),
+        parameters_before=parameters_before,
+        parameters_after=parameters_after,
+        parameters_added=parameters_after - parameters_before,
+    )
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -105,8 +127,8 @@ def parameter_count(model: nn.Module) -> int:
 
 @contextmanager
 def grown_for(model: nn.Module, tokens_before: int, rows: NewRows, config: ExpandConfig, *,
-              reused_ids: Sequence[int] = ()) -> Iterator[dict[str, Any]]:
-    """grow_embeddings for the length of a ``with`` block (yielding its row facts), then the model exactly as
+              reused_ids: Sequence[int] = ()) -> Iterator[RowFigures]:
+    """grow_embeddings for the length of a ``with`` block (yielding its row figures), then the model exactly as
     before, also when the block raises: the same Parameter objects with the same values (a tied model tied
     again), row counts, ``out_features``, config ``vocab_size`` and ``tie_word_embeddings``. Costs grown copies
     of the embedding matrices while the block runs, never a copy of the whole model."""
@@ -132,7 +154,7 @@ class _Saved:
     @classmethod
     @torch.no_grad()
     def take(cls, model: nn.Module, tokens_before: int, reused_ids: Sequence[int]) -> "_Saved":
-        layout = resize.embedding_layout(model)
+        layout = embedding_layout(model)
         inp, out = layout.input, layout.output
         modules: list[tuple[nn.Module, str, Any]] = [(inp, "weight", inp.weight),
                                                      (inp, "num_embeddings", inp.num_embeddings)]
