@@ -178,8 +178,8 @@ def test_grown_for_restores_the_model_exactly(tiny, raises):
         text = model.config.get_text_config()
         sizes = (text.vocab_size, text.tie_word_embeddings, model.get_output_embeddings().out_features)
         with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
-            with grown_for(model, plan.tokens_before, rows, config) as facts:
-                assert model.get_input_embeddings().weight.shape[0] == facts["rows_after"] > 0
+            with grown_for(model, plan.tokens_before, rows, config) as figures:
+                assert model.get_input_embeddings().weight.shape[0] == figures.rows_after > 0
                 assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == rows.tied
                 if raises:
                     raise RuntimeError("inside the block")

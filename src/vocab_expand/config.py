@@ -13,7 +13,7 @@ config is the bottom layer: it imports no other part of the package but errors.p
 registry (strategies/base.py) hands it the lookup of a strategy's options class (`use_options_lookup`), which the
 typed options and the flat aliases need; `vocab_expand.ExpandConfig` loads the registry with it.
 
-Deliberately left out: anything about loading, diagnosis or training; those have their own options.
+Left out: anything about loading, diagnosis or training; those have their own options.
 """
 
 from __future__ import annotations

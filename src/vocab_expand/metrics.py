@@ -6,7 +6,9 @@ new logits l_new join them. With Z = sum(exp(old logits)):
     moved probability  = sum(exp(l_new)) / (Z + sum(exp(l_new)))
 Both need only log Z and the k new logits, never a second softmax over the whole vocabulary.
 
-Pure tensor maths; left out: getting hidden states (diagnostics).
+Pure tensor maths.
+
+Left out: getting hidden states (forward.py, diagnostics.py).
 """
 
 from __future__ import annotations

@@ -120,7 +120,29 @@ _FAMILIES: list[type[TokenizerFamily]] = []
 
 
 def register_family(cls: type[TokenizerFamily]) -> type[TokenizerFamily]:
-    """Class decorator: add a family. Rejects duplicate names and non-families."""
+    """Class decorator: add a family. Rejects duplicate names and non-families.
+
+    A family for a WordPiece-style vocabulary (##-continued pieces), e.g. in families/wordpiece.py, then its name in
+    the import line of families/__init__.py and in FAMILY_ORDER::
+
+        @register_family
+        class WordPiece(TokenizerFamily):
+            name, summary = "wordpiece", "BERT-style WordPiece: whole words as vocabulary entries"
+
+            @classmethod
+            def detects(cls, spec):
+                return spec["model"]["type"] == "WordPiece"
+
+            def entry_for(self, word, form):
+                if word in self.vocab:
+                    return "already one token"
+                pieces = tuple(self.backend.encode(word, add_special_tokens=False).ids)
+                return NewEntry(word, form, word, word, pieces)
+
+            def make_reachable(self, spec, entries):
+                return spec  # WordPiece matches the longest vocabulary entry first: nothing to add
+
+    `expand` then detects such a tokenizer and writes the entries through `extend`, which pins added tokens first."""
     if not (isinstance(cls, type) and issubclass(cls, TokenizerFamily)):
         raise TypeError(f"{cls!r} is not a TokenizerFamily subclass")
     if any(f.name == cls.name for f in _FAMILIES):
