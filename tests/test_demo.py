@@ -81,3 +81,4 @@ def test_the_demo_learns_once_and_saves_the_rows_it_diagnosed(model_dir, tmp_pat
     summary = (out / "report.md").read_text(encoding="utf-8")
     section = summary.split("## Greedy generations of the saved model")[1].split("## Greedy generations on the twin")[0]
     assert section.count("(new tokens: ") == len(prompts) - 1 and "distill/fit (ran joint)" in section
+    assert section.count("(the held-out text goes on with ") == len(prompts) - 1

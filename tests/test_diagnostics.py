@@ -210,9 +210,10 @@ def test_word_prompts_stop_just_before_a_whole_word():
     documents = ["And Jehoshaphat the king", "Then came Jehoshaphatite men", "So Nebuchadnezzar, and then came Jehoshaphat.",
                  "x " * 60 + "and so went Nebuchadnezzar"]
     # Jehoshaphat: not after one word only, nor inside "Jehoshaphatite"; Nebuchadnezzar: its second document
-    first, second = word_prompts(documents, ["Jehoshaphat", "Missing", "Nebuchadnezzar"])
-    assert first == "So Nebuchadnezzar, and then came"
+    found = word_prompts(documents, ["Jehoshaphat", "Missing", "Nebuchadnezzar"])
+    (first, word), (second, other) = found.items()
+    assert (first, word, other) == ("So Nebuchadnezzar, and then came", "Jehoshaphat", "Nebuchadnezzar")
     assert second.endswith("x and so went") and len(second) <= 80 and not second.startswith(" ")
     long = word_prompts(documents[3:], ["Nebuchadnezzar"], context_chars=20)
-    assert long == ["x x x x and so went"] and len(long[0]) <= 20
-    assert word_prompts(documents, ["Jehoshaphat", "Nebuchadnezzar"], count=1) == ["So Nebuchadnezzar, and then came"]
+    assert list(long) == ["x x x x and so went"]
+    assert word_prompts(documents, ["Jehoshaphat", "Nebuchadnezzar"], count=1) == {"So Nebuchadnezzar, and then came": "Jehoshaphat"}

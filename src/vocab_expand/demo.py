@@ -46,7 +46,8 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
     words = [c.word for c in found]
     saving = heldout_saving(tokenizer, corpus, found)
     # Held-out text that stops just before a mined word (does the model write the new token?), then a general one.
-    prompts = [*word_prompts(corpus.heldout, words), PROMPTS[0]]
+    before_words = word_prompts(corpus.heldout, words)
+    prompts = [*before_words, PROMPTS[0]]
     original = diagnose(model, tokenizer, words, corpus, DEFAULT_STRATEGIES, max_tokens=max_tokens, label=model_name,
                         prompts=prompts)
     print(table(original))
@@ -64,7 +65,8 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
         for name, diagnosis in (("original", original), ("twin", twin)):
             (tmp / name).mkdir()
             write_into(diagnosis, tmp / name)
-        (tmp / "report.md").write_text(demo_summary(model_name, corpus_name, found, saving, result.report, original, twin),
+        (tmp / "report.md").write_text(demo_summary(model_name, corpus_name, found, saving, result.report, original, twin,
+                                                    before_words),
                                        encoding="utf-8")
     print(f"wrote {Path(output) / 'report.md'}; the expanded model is in {Path(output) / 'model'}")
     return 0

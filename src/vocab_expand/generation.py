@@ -15,13 +15,14 @@ import torch
 PROMPTS = ("And it came to pass, when the king", "Then said Jehoshaphat", "My favourite food is")
 
 
-def word_prompts(documents: Sequence[str], words: Sequence[str], count: int = 3, context_chars: int = 80) -> list[str]:
+def word_prompts(documents: Sequence[str], words: Sequence[str], count: int = 3,
+                 context_chars: int = 80) -> dict[str, str]:
     """Prompts that stop just before a new word, so a model that adopted the word writes its new token next: for
     each of the first ``count`` words found in ``documents`` (in the order given), the text before its first
     occurrence as a whole word after at least two others, cut to its last ``context_chars`` characters at a
-    space. E.g. "And Jehoshaphat the king" and ["Jehoshaphat"] give nothing (one word before it); "Then came
-    Jehoshaphat" gives "Then came"."""
-    prompts: list[str] = []
+    space; prompt -> the word that follows it. E.g. "And Jehoshaphat the king" and ["Jehoshaphat"] give nothing
+    (one word before it); "Then came Jehoshaphat" gives {"Then came": "Jehoshaphat"}."""
+    prompts: dict[str, str] = {}
     for word in words:
         pattern = re.compile(rf"(?<=\S) {re.escape(word)}(?![\w])")
         for document in documents:
@@ -29,7 +30,7 @@ def word_prompts(documents: Sequence[str], words: Sequence[str], count: int = 3,
             before = document[: found.start()] if found else ""
             if len(before.split()) >= 2:
                 cut = before.find(" ", len(before) - context_chars) if len(before) > context_chars else -1
-                prompts.append(before[cut + 1:] if cut >= 0 else before)
+                prompts.setdefault(before[cut + 1:] if cut >= 0 else before, word)
                 break
         if len(prompts) == count:
             break

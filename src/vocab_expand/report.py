@@ -275,9 +275,10 @@ def comparison_markdown(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def saved_generations(original: "Diagnosis", report: dict) -> list[str]:
+def saved_generations(original: "Diagnosis", report: dict, before_words: dict[str, str]) -> list[str]:
     """The demo's section on the saved model's greedy generations: held-out text that stops just before a mined
-    word, continued by the original model and by the saved rows, the new tokens written named."""
+    word (``before_words``: prompt -> that word), continued by the original model and by the saved rows, the new
+    tokens written named."""
     saved = next((n for n, row in original.strategies.items() if row.get("input_strategy") == report["input_strategy"]
                   and row.get("output_strategy") == report["output_strategy"]), None)
     if saved is None:
@@ -286,15 +287,17 @@ def saved_generations(original: "Diagnosis", report: dict) -> list[str]:
     lines = ["## Greedy generations of the saved model", "",
              f"Held-out text that stops just before a mined word, continued greedily by the original model and by "
              f"the saved rows ({ran_label(saved, row)}); the new tokens the saved model wrote are named.", ""]
-    for before, after in list(zip(original.figures["generations_before"], row["generations"]))[:-1]:
+    for before, after in zip(original.figures["generations_before"], row["generations"]):
+        if before["prompt"] not in before_words:
+            continue
         written = ", ".join(repr(t) for t in after.get("greedy_new_tokens", [])) or "none"
-        lines += [f"**…{before['prompt']}**", "", f"- original: {before['greedy']!r}",
-                  f"- saved: {after['greedy']!r} (new tokens: {written})", ""]
+        lines += [f"**…{before['prompt']}** (the held-out text goes on with {before_words[before['prompt']]!r})", "",
+                  f"- original: {before['greedy']!r}", f"- saved: {after['greedy']!r} (new tokens: {written})", ""]
     return lines
 
 
 def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, report: dict, original: "Diagnosis",
-                 twin: "Diagnosis") -> str:
+                 twin: "Diagnosis", before_words: dict[str, str] | None = None) -> str:
     """report.md of the main job: both diagnoses side by side, verdicts, figures and the twin's generations."""
     lines = [
         f"# vocab-expand: {model_name} on {corpus_name}", "",
@@ -321,7 +324,7 @@ def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, r
     lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
               "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
               "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
-              "![twin bits per character](twin/bits_per_character.png)", "", *saved_generations(original, report),
+              "![twin bits per character](twin/bits_per_character.png)", "", *saved_generations(original, report, before_words or {}),
               "## Greedy generations on the twin", ""]
     first = twin.figures["generations_before"][-1]  # the general prompt (the others stop before a mined word)
     lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
