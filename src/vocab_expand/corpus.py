@@ -152,7 +152,7 @@ def train_documents(corpus: "Corpus | str | os.PathLike | Sequence[str] | None")
     found = as_corpus(corpus)
     if found is None:
         return None
-    return list(found.train) if isinstance(found, Corpus) else list(found)
+    return found.train if isinstance(found, Corpus) else list(found)  # a Corpus's split as it is, not copied
 
 
 def require_corpus(corpus: "Corpus | str | os.PathLike") -> "Corpus":

@@ -66,7 +66,7 @@ def run_demo(model_name: str, corpus_name: str, top: int, output: str | os.PathL
             (tmp / name).mkdir()
             write_into(diagnosis, tmp / name)
         (tmp / "report.md").write_text(demo_summary(model_name, corpus_name, found, saving, result.report, original, twin,
-                                                    before_words),
+                                                    DEFAULT_PAIR, before_words),
                                        encoding="utf-8")
     print(f"wrote {Path(output) / 'report.md'}; the expanded model is in {Path(output) / 'model'}")
     return 0

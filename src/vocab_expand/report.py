@@ -275,14 +275,10 @@ def comparison_markdown(comparison: Comparison) -> str:
     return "\n".join(lines)
 
 
-def saved_generations(original: "Diagnosis", report: dict, before_words: dict[str, str]) -> list[str]:
+def saved_generations(original: "Diagnosis", saved: str, before_words: dict[str, str]) -> list[str]:
     """The demo's section on the saved model's greedy generations: held-out text that stops just before a mined
-    word (``before_words``: prompt -> that word), continued by the original model and by the saved rows, the new
-    tokens written named."""
-    saved = next((n for n, row in original.strategies.items() if row.get("input_strategy") == report["input_strategy"]
-                  and row.get("output_strategy") == report["output_strategy"]), None)
-    if saved is None:
-        return []
+    word (``before_words``: prompt -> that word), continued by the original model and by the rows of the pair
+    ``saved`` (the ones the demo saved), the new tokens written named."""
     row = original.strategies[saved]
     lines = ["## Greedy generations of the saved model", "",
              f"Held-out text that stops just before a mined word, continued greedily by the original model and by "
@@ -297,7 +293,7 @@ def saved_generations(original: "Diagnosis", report: dict, before_words: dict[st
 
 
 def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, report: dict, original: "Diagnosis",
-                 twin: "Diagnosis", before_words: dict[str, str] | None = None) -> str:
+                 twin: "Diagnosis", saved: str, before_words: dict[str, str]) -> str:
     """report.md of the main job: both diagnoses side by side, verdicts, figures and the twin's generations."""
     lines = [
         f"# vocab-expand: {model_name} on {corpus_name}", "",
@@ -324,7 +320,7 @@ def demo_summary(model_name: str, corpus_name: str, found: list, saving: dict, r
     lines += ["", "## Verdicts", "", "Model:", *[f"- {r['verdict']}" for r in original.strategies.values()], "",
               "Twin:", *[f"- {r['verdict']}" for r in twin.strategies.values()], "",
               "![twin KL](twin/kl_histograms.png)", "", "![model KL](original/kl_histograms.png)", "",
-              "![twin bits per character](twin/bits_per_character.png)", "", *saved_generations(original, report, before_words or {}),
+              "![twin bits per character](twin/bits_per_character.png)", "", *saved_generations(original, saved, before_words),
               "## Greedy generations on the twin", ""]
     first = twin.figures["generations_before"][-1]  # the general prompt (the others stop before a mined word)
     lines += [f"**{first['prompt']}**", "", f"- original: {first['greedy']!r}"]
