@@ -115,7 +115,7 @@ def test_fitted_rows_cost_nothing_in_bits_per_character(smollm2, kjv):
     model, tok = smollm2
     words = [c.word for c in mine(tok, kjv, top_k=30, progress=False)]
     found = diagnose(model, tok, words, kjv, ["mean", "distill/fit"], max_tokens=3000, generate=False,
-                     progress=False, sample_max_positions=8192)
+                     progress=False, sample_max_positions=4096)  # measured: bpc 1.52178 against 1.52464, 75 s
     mean, fitted = found.strategies["mean"], found.strategies["distill/fit"]
     assert mean["bpc_change_percent"] > 0.5
     assert fitted["bpc_after"] <= found.figures["bpc_before"]
